@@ -1,0 +1,34 @@
+# Two entry points on a fresh machine: `make quickstart` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# torch and torchvision are pinned to the builds this machine serves from local disk;
+# override TORCH_SPEC for another platform (e.g. "torch==2.9.1 torchvision==0.24.1").
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test lint typecheck venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]' $(TORCH_SPEC)
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(VENV)/bin/ltsearch data synth --out runs/data/synthetic
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ltmodels ltsearch tests bench
+	$(VENV)/bin/ruff format --check ltmodels ltsearch tests bench
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy ltsearch
+
+test: $(STAMP) lint typecheck
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

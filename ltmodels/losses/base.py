@@ -1,0 +1,203 @@
+"""The loss interface every long-tail classification loss implements, and its registry.
+
+Shape shorthand: N RoIs, C foreground classes, K = ``num_logits(C)`` classifier outputs,
+D feature channels.
+
+Label convention (torchvision's): ``labels[i] == 0`` is background, ``1..C`` are the
+foreground classes. Column layout of the logits is the loss's own business (it declares
+``num_logits``), but :meth:`LongTailLoss.scores` always returns ``[N, C]`` foreground
+probabilities with column ``j`` for label ``j + 1``.
+
+Context keywords the RoI head passes to every ``loss(logits, labels, **context)`` call
+(a loss uses what it needs and ignores the rest):
+
+- ``features``: ``[N, D]`` box-head features that produced the logits.
+- ``weight``: ``[K, D]`` raw (unnormalised) classifier weight of the predictor.
+- ``gt_index``: ``[N]`` long, index of the ground-truth object each RoI was matched to,
+  unique across the batch (and across workers is not required), ``-1`` for background.
+  EBL averages scores per ground-truth object with it.
+
+Losses whose ``predictor`` is ``"cosine"`` receive cosine similarities in ``[-1, 1]`` as
+``logits`` and apply their own scale; ``"linear"`` losses receive ``x @ W.T + b``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import nn
+
+from ltmodels.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Param:
+    """Domain of one loss hyperparameter, used for validation and by study specs.
+
+    Args:
+        default: the paper's default (equals the constructor's default).
+        low, high: inclusive numeric bounds (``None`` = unbounded).
+        choices: allowed values for categorical parameters.
+        kind: ``"float"``, ``"int"``, ``"bool"`` or ``"choice"``.
+        doc: one line shown in error messages and ``ltsearch`` help.
+    """
+
+    default: Any
+    kind: str = "float"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "choice":
+            dom = "one of " + "|".join(map(str, self.choices or ()))
+        elif self.kind == "bool":
+            dom = "true|false"
+        else:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            dom = f"{self.kind} in [{lo}, {hi}]"
+        return f"{dom} (default {self.default!r})"
+
+    def check(self, loss: str, name: str, value: Any) -> Any:
+        """Return ``value`` coerced to the parameter's type or raise :class:`ConfigError`."""
+        bad = ConfigError(
+            f"loss {loss!r}: parameter {name}={value!r} is invalid; expected {self.describe()}"
+        )
+        if self.kind == "choice":
+            if value not in (self.choices or ()):
+                raise bad
+            return value
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        if self.kind == "int":
+            if float(value) != int(value):
+                raise bad
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value):
+            raise bad
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            raise bad
+        return value
+
+
+class LongTailLoss(nn.Module):
+    """Base class: a classification loss for the box head of Mask R-CNN.
+
+    Subclasses set ``name``, ``params`` (every constructor keyword but ``num_classes``),
+    ``predictor`` and implement :meth:`num_logits`, :meth:`scores` and :meth:`forward`.
+    State that lives across iterations is a registered buffer.
+    """
+
+    name: ClassVar[str] = ""
+    params: ClassVar[Mapping[str, Param]] = {}
+    predictor: ClassVar[str] = "linear"  # "linear" or "cosine"
+
+    def __init__(self, *, num_classes: int) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = int(num_classes)
+
+    @classmethod
+    def num_logits(cls, num_classes: int) -> int:
+        """Width K of the classifier this loss needs for C foreground classes."""
+        raise NotImplementedError
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities ``[N, C]`` (column j is label j + 1) for inference."""
+        raise NotImplementedError
+
+    def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
+        """Receive the training set's class statistics; the default ignores them.
+
+        The detector calls this once after building the loss (before loading a checkpoint),
+        for every loss. Losses that need dataset frequencies (EQL's ``T_lambda(f_j)``)
+        override it and keep what they derive in registered buffers, so that a checkpoint
+        restores it. Losses that count online (Seesaw, GAP) do not use it.
+
+        Args:
+            image_counts: ``[C]`` number of training images containing each foreground
+                class (entry ``j`` is label ``j + 1``), as LVIS's ``image_count``.
+            num_images: number of training images.
+        """
+
+    def check_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``logits`` is ``[N, K]`` and ``labels`` is ``[N]``.
+
+        Shape checks only (no device sync): a classifier of the wrong width must fail loudly
+        instead of, e.g., silently training an extra softmax column.
+        """
+        k = self.num_logits(self.num_classes)
+        if logits.dim() != 2 or logits.shape[1] != k:
+            raise ValueError(
+                f"loss {self.name!r}: logits must be [N, {k}] for {self.num_classes} classes, "
+                f"got {list(logits.shape)}"
+            )
+        if labels.shape != logits.shape[:1]:
+            raise ValueError(
+                f"loss {self.name!r}: labels must be [{logits.shape[0]}], got {list(labels.shape)}"
+            )
+
+    def forward(  # type: ignore[override]
+        self, logits: torch.Tensor, labels: torch.Tensor, **context: Any
+    ) -> dict[str, torch.Tensor]:
+        """Return named scalar loss terms; their sum is what training minimises."""
+        raise NotImplementedError
+
+
+LOSSES: dict[str, type[LongTailLoss]] = {}
+
+L = TypeVar("L", bound=type[LongTailLoss])
+
+
+def register_loss(name: str) -> Callable[[L], L]:
+    """Class decorator adding a loss to :data:`LOSSES` under ``name``."""
+
+    def deco(cls: L) -> L:
+        if name in LOSSES:
+            raise RuntimeError(f"loss {name!r} registered twice")
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def validate_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a loss name and its parameters; return the parameters coerced to their types.
+
+    Raises:
+        ConfigError: unknown loss, unknown parameter, or a value outside its domain; the
+            message lists the valid names and ranges.
+    """
+    if name not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
+    spec = LOSSES[name].params
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        valid = "; ".join(f"{k}: {p.describe()}" for k, p in spec.items()) or "none"
+        raise ConfigError(f"loss {name!r}: unknown parameter(s) {unknown}; valid: {valid}")
+    return {k: spec[k].check(name, k, v) for k, v in params.items()}
+
+
+def build_loss(name: str, *, num_classes: int, **params: Any) -> LongTailLoss:
+    """Build a registered loss with validated parameters (the paper's defaults otherwise)."""
+    checked = validate_params(name, params)
+    return LOSSES[name](num_classes=num_classes, **checked)
+
+
+__all__ = ["LOSSES", "LongTailLoss", "Param", "build_loss", "register_loss", "validate_params"]

@@ -1,0 +1,3 @@
+from ltsearch.cli import main
+
+raise SystemExit(main())
