@@ -18,6 +18,10 @@ LVIS semantics kept on purpose:
   small, APr when no rare category has ground truth in the evaluated images, a category's AP
   when it has no ground truth at all.
 
+The ground truth must satisfy LVIS's own invariants, which vernier checks and lvis-api does
+not: a category in an image's ``neg_category_ids`` has no annotation on that image, and one in
+its ``not_exhaustive_category_ids`` has at least one. Violations raise ``DatasetError``.
+
 Zero detections are valid input (lvis-api itself cannot hold an empty result list): every
 defined AP is then 0.0 and undefined ones stay -1, which is what lvis-api's accumulate computes
 for categories that have ground truth and no detection.
@@ -29,7 +33,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
 import vernier.instance as vi
@@ -39,15 +43,18 @@ from ltmodels.lvis_compat import METRIC_NAMES, per_category_ap
 
 IOU_TYPES = ("bbox", "segm")
 FREQUENCIES = ("r", "c", "f")
+# vernier's lvis-api parity mode (pycocotools/lvis-api quirks reproduced), matching per category.
+_STRICT: dict[str, Any] = {"parity_mode": "strict", "use_cats": True}
 
 
 @dataclass(frozen=True, eq=False)
 class LvisGroundTruth:
     """A parsed, validated LVIS ground truth, reusable across many evaluations.
 
-    Loading LVIS val (20k images) costs seconds of JSON parsing; a study that evaluates many
-    trials against one validation set loads it once with :func:`load_lvis_gt`. The vernier
-    dataset also keeps the rasterized ground-truth masks between segm evaluations.
+    Parsing the ground-truth JSON is the part of an evaluation worth not repeating: a study
+    that evaluates many trials against one validation set loads it once with
+    :func:`load_lvis_gt`. The vernier dataset also keeps the ground-truth masks it rasterized
+    for one segm evaluation for the next.
 
     Attributes:
         dataset: vernier's federated dataset handle.
@@ -119,7 +126,9 @@ def load_lvis_gt(gt: str | Path | Mapping[str, Any]) -> LvisGroundTruth:
         try:
             raw = json.dumps(gt).encode()
         except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{source}: ground truth is not JSON-serializable ({exc})") from None
+            raise DatasetError(
+                f"{source}: ground truth is not JSON-serializable ({exc})"
+            ) from None
     else:
         raise DatasetError(f"ground truth must be a path or a dict, got {type(gt).__name__}")
     _check_lvis_fields(data, source)
@@ -140,21 +149,23 @@ def load_lvis_gt(gt: str | Path | Mapping[str, Any]) -> LvisGroundTruth:
 def _ids(detections: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     """[N] int64 column ``key`` of the detections; a missing or non-integer one is named."""
     try:
-        return np.fromiter((d[key] for d in detections), np.int64, len(detections))
+        values = np.asarray([d[key] for d in detections])
+        if values.size == 0 or values.dtype.kind in "iu":
+            return values.astype(np.int64)
     except (KeyError, TypeError, ValueError):
-        for i, det in enumerate(detections):
-            value = det.get(key) if isinstance(det, Mapping) else None
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-                raise ConfigError(
-                    f"detection {i} needs an integer {key!r} (LVIS result dict), "
-                    f"got {det!r:.200}"
-                ) from None
-        raise
+        pass
+    for i, det in enumerate(detections):
+        value = det.get(key) if isinstance(det, Mapping) else None
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise ConfigError(
+                f"detection {i} needs an integer {key!r} (LVIS result dict), got {det!r:.200}"
+            )
+    raise ConfigError(f"detections: {key!r} values do not form an integer column")
 
 
 def _check_detections(
     detections: Sequence[Mapping[str, Any]], gt: LvisGroundTruth, iou_type: str
-) -> str:
+) -> Literal["bbox", "mask"]:
     """Validate detections against the ground truth; return vernier's ``dt_area`` rule."""
     if isinstance(detections, (str, bytes, Mapping)) or not isinstance(detections, Sequence):
         raise ConfigError(
@@ -169,9 +180,9 @@ def _check_detections(
         if unknown.size:
             i = int(unknown[0])
             raise DatasetError(
-                f"detection {i} has {key} {int(values[i])}, which is not an {what} of the "
-                f"ground truth {gt.source} ({unknown.size} such detections; detections must "
-                f"use the ground truth's {what} ids)"
+                f"detection {i} has {key} {int(values[i])}, which is not among the ground "
+                f"truth's {what} ids ({gt.source}; {unknown.size} such detections): map "
+                f"predictions to the ground truth's {what} ids"
             )
     if iou_type == "bbox":
         return "bbox"
@@ -237,21 +248,27 @@ def evaluate_lvis(
         raise ConfigError(f"max_dets must be a positive integer, got {max_dets!r}")
     gt_data = gt if isinstance(gt, LvisGroundTruth) else load_lvis_gt(gt)
     dt_area = _check_detections(detections, gt_data, iou_type)
-    grid_fn = vi.evaluate_bbox_grid if iou_type == "bbox" else vi.evaluate_segm_grid
+    dt = cast(Any, _vernier_detections(detections, dt_area))
     try:
-        grid = grid_fn(
-            gt_data.dataset,
-            _vernier_detections(detections, dt_area),
-            parity_mode="strict",
-            max_dets_per_image=max_dets,
-            use_cats=True,
-            dt_area=dt_area,
-        )
+        if dt_area == "mask":
+            grid = vi.evaluate_segm_grid(
+                gt_data.dataset, dt, **_STRICT, max_dets_per_image=max_dets, dt_area="mask"
+            )
+        elif iou_type == "segm":
+            grid = vi.evaluate_segm_grid(
+                gt_data.dataset, dt, **_STRICT, max_dets_per_image=max_dets, dt_area="bbox"
+            )
+        else:
+            grid = vi.evaluate_bbox_grid(
+                gt_data.dataset, dt, **_STRICT, max_dets_per_image=max_dets, dt_area="bbox"
+            )
     except ValueError as exc:
         raise ConfigError(f"invalid detections: {exc}") from None
     accumulated = grid.accumulate([max_dets])
     stats = accumulated.summarize_lvis(gt_data.dataset, [max_dets]).stats
-    out: dict[str, Any] = {name: float(value) for name, value in zip(METRIC_NAMES, stats)}
+    # LVIS's summary: the 9 AP entries (METRIC_NAMES order), then 4 AR entries.
+    aps = stats[: len(METRIC_NAMES)]
+    out: dict[str, Any] = {name: float(v) for name, v in zip(METRIC_NAMES, aps, strict=True)}
     # vernier's precision is [T, R, K, A, M]; the single M slot is max_dets.
     precision = np.asarray(accumulated.precision)[..., -1]
     out["per_category"] = per_category_ap(

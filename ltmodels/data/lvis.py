@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.io
+from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
@@ -79,7 +80,6 @@ class LVISDetection(Dataset):
             frozenset(self.cat_id_to_label[a["category_id"]] for a in anns) for anns in self._anns
         ]
         self.image_counts = self._image_counts()
-        self._paths: dict[int, Path] = {}
 
     def __len__(self) -> int:
         return len(self._images)
@@ -110,13 +110,9 @@ class LVISDetection(Dataset):
 
     def image_path(self, i: int) -> Path:
         """The file of image ``i``; raises DatasetError naming the image when it is missing."""
-        cached = self._paths.get(i)
-        if cached is not None:
-            return cached
         candidates = self._candidates(self._images[i])
         for path in candidates:
             if os.path.isfile(path):
-                self._paths[i] = path
                 return path
         raise DatasetError(
             f"{self.source}: image id {self.image_ids[i]}: file not found: {candidates[0]}; "
@@ -126,7 +122,9 @@ class LVISDetection(Dataset):
     def check(self, *, files: bool = True, sizes: bool = False) -> None:
         """Validate up front what ``__getitem__`` would otherwise find lazily.
 
-        The annotation file itself is validated at construction. Args:
+        The annotation file itself is validated at construction.
+
+        Args:
             files: every image file exists (one ``stat`` per image).
             sizes: every image's pixel size matches the JSON (reads each file's header).
 
@@ -190,7 +188,10 @@ class LVISDetection(Dataset):
         height, width = int(info["height"]), int(info["width"])
         anns = self._anns[i]
         boxes = [clip_box(a["bbox"], width, height) for a in anns]
-        areas = [float(a.get("area", (b[2] - b[0]) * (b[3] - b[1]))) for a, b in zip(anns, boxes)]
+        areas = [
+            float(a.get("area", (b[2] - b[0]) * (b[3] - b[1])))
+            for a, b in zip(anns, boxes, strict=True)
+        ]
         return {
             "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.tensor(
@@ -253,8 +254,6 @@ def _rasterise(anns: Sequence[dict[str, Any]], height: int, width: int) -> torch
 
 
 def _header_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
     with Image.open(path) as img:
         return img.size
 

@@ -1,0 +1,99 @@
+"""One trial of a study, independent of Ray: configuration in, metrics out.
+
+A trial trains (or fine-tunes) a Mask R-CNN with one loss and one seed and evaluates it
+with the LVIS metrics. ``ltsearch`` builds a :class:`TrialConfig` from a study spec and
+runs :func:`run_trial` in-process (one CPU worker) or inside each Ray Train worker (DDP);
+this module never imports Ray.
+
+Schedules:
+    ``end_to_end``: the whole detector trains with the trial's loss (C2AM, ROG).
+    ``decoupled``: stage 1 (``TrialConfig.stage1``: baseline loss and sampler) is trained
+    once, cached under a hash of its spec and reused by every trial; stage 2
+    (``TrialConfig.train``) fine-tunes only the parts named in ``finetune``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+FINETUNE_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where an LVIS-format dataset lives (the synthetic one is written in this format)."""
+
+    train_json: str
+    val_json: str
+    train_root: str
+    val_root: str
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """How one training stage runs.
+
+    Attributes:
+        loss, loss_params: registered loss name and its (validated) parameters.
+        epochs, lr, batch_size: batch size is the total over all workers.
+        sampler: ``"random"`` or ``"rfs"`` (Repeat Factor Sampling, threshold
+            ``rfs_threshold``).
+        finetune: parts that train (subset of :data:`FINETUNE_PARTS`); empty = all.
+        use_feature_cache: stage 2 trains the box predictor on cached box-head features.
+        seed: seed of this stage (stage 1 keeps its own, so all trials share it).
+    """
+
+    loss: str = "ce"
+    loss_params: Mapping[str, Any] = field(default_factory=dict)
+    epochs: int = 12
+    lr: float = 0.02
+    batch_size: int = 16
+    sampler: str = "random"
+    rfs_threshold: float = 1e-3
+    warmup_iters: int = 500
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_norm: float | None = None
+    finetune: tuple[str, ...] = ()
+    use_feature_cache: bool = False
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything one (configuration, seed) run needs.
+
+    Attributes:
+        data: dataset paths.
+        model: keyword overrides of :class:`ltmodels.detector.ModelSpec`.
+        schedule: ``"end_to_end"`` or ``"decoupled"``.
+        train: the trial's own stage (whole training, or stage 2), with the trial's loss.
+        stage1: the shared baseline stage when ``schedule == "decoupled"``.
+        seed: the trial's seed (data order, initialisation of what it trains).
+        eval_masks: also compute segm metrics (a full-model pass).
+        device: ``"cpu"`` or ``"cuda"``; AMP is used on CUDA only.
+        cache_dir: where stage-1 checkpoints and feature caches are shared.
+    """
+
+    data: DataConfig
+    train: StageConfig
+    model: Mapping[str, Any] = field(default_factory=dict)
+    schedule: str = "end_to_end"
+    stage1: StageConfig | None = None
+    seed: int = 0
+    eval_masks: bool = True
+    device: str = "cpu"
+    cache_dir: str = ""
+    loader_workers: int = 0
+
+
+@dataclass
+class TrialResult:
+    """What a trial returns: final metrics, per-epoch history, per-category AP, timings."""
+
+    metrics: dict[str, float]
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
