@@ -48,7 +48,7 @@ def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     padded[: t.shape[0]] = t
     bufs = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(bufs, padded)
-    return torch.cat([b[:c] for b, c in zip(bufs, counts)], dim=0)
+    return torch.cat([b[:c] for b, c in zip(bufs, counts, strict=True)], dim=0)
 
 
 __all__ = ["all_gather_cat", "all_reduce_sum", "is_distributed", "rank", "world_size"]

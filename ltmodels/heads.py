@@ -97,9 +97,10 @@ class CosinePredictor(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: x ``[N, D]``. Returns ``(s *) cos`` ``[N, K]``, boxes ``[N, 4 * (C + 1)]``."""
         x = _flatten(x)
-        cos = F.normalize(x, dim=1, eps=_NORM_EPS) @ F.normalize(
-            self.weight, dim=1, eps=_NORM_EPS
-        ).to(x.dtype).T
+        cos = (
+            F.normalize(x, dim=1, eps=_NORM_EPS)
+            @ F.normalize(self.weight, dim=1, eps=_NORM_EPS).to(x.dtype).T
+        )
         logits = cos if self.scale is None else self.scale * cos
         return logits, self.bbox_pred(x)
 

@@ -15,8 +15,12 @@ Schedules:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ltmodels.stages import EpochCallback
 
 FINETUNE_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head")
 
@@ -75,6 +79,9 @@ class TrialConfig:
         eval_masks: also compute segm metrics (a full-model pass).
         device: ``"cpu"`` or ``"cuda"``; AMP is used on CUDA only.
         cache_dir: where stage-1 checkpoints and feature caches are shared.
+        loader_workers: DataLoader worker processes (0 on a 2-core CPU machine).
+        full_eval: for a feature-cache trial, also run the whole model (masks, segm
+            metrics) after the cached box evaluation.
     """
 
     data: DataConfig
@@ -87,6 +94,7 @@ class TrialConfig:
     device: str = "cpu"
     cache_dir: str = ""
     loader_workers: int = 0
+    full_eval: bool = False
 
 
 @dataclass
@@ -97,3 +105,49 @@ class TrialResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     categories: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrialResult:
+        return cls(**dict(data))
+
+
+def trial_config_to_dict(cfg: TrialConfig) -> dict[str, Any]:
+    """Plain data (JSON-able) for shipping a config to Ray Train workers."""
+    return asdict(cfg)
+
+
+def trial_config_from_dict(data: Mapping[str, Any]) -> TrialConfig:
+    d = dict(data)
+    d["data"] = DataConfig(**d["data"])
+    d["train"] = _stage(d["train"])
+    d["stage1"] = None if d.get("stage1") is None else _stage(d["stage1"])
+    return TrialConfig(**d)
+
+
+def _stage(data: Mapping[str, Any]) -> StageConfig:
+    d = dict(data)
+    d["finetune"] = tuple(d.get("finetune", ()))
+    return StageConfig(**d)
+
+
+def run_trial(
+    cfg: TrialConfig, *, workdir: str | Path, on_epoch: EpochCallback | None = None
+) -> TrialResult:
+    """Train and evaluate one (configuration, seed); resumable from ``workdir``.
+
+    Args:
+        cfg: the trial.
+        workdir: this run's directory (checkpoints); a rerun resumes from its checkpoint.
+        on_epoch: called after each epoch with ``(epoch, stats, checkpoint_dir)``.
+
+    Returns:
+        Final metrics (``bbox/AP``, ``bbox/APr``, ..., ``segm/...`` when masks are
+        evaluated), per-epoch history, per-category AP rows and timings (``train``,
+        ``eval``, ``stage1``, ``cache``).
+    """
+    from ltmodels.schedules import run_schedule
+
+    return run_schedule(cfg, Path(workdir), on_epoch)

@@ -1,12 +1,87 @@
-"""``ltsearch`` command line. User errors print one line and exit with code 2."""
+"""``ltsearch`` command line. User errors print one line and exit with code 2.
+
+Commands: ``validate``, ``run``, ``resume``, ``status``, ``report``, ``data synth``.
+``validate``, ``status`` and ``report`` start no Ray and no training.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ltmodels.errors import LTUserError
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ltsearch.spec import load_spec
+
+    spec = load_spec(args.study)
+    if args.smoke:
+        spec = spec.smoked()
+    if args.check_data:
+        spec.check_data()
+    seeds = len(spec.search.seeds)
+    print(
+        f"{args.study}: ok — study {spec.name!r}, {spec.n_trials} configuration(s) x {seeds} "
+        f"seed(s), losses {', '.join(o.name for o in spec.loss.options)}, "
+        f"schedule {spec.training.schedule}, results in {spec.study_dir}"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ltsearch.runner import run_study
+    from ltsearch.spec import load_spec
+
+    spec = load_spec(args.study)
+    if args.smoke:
+        spec = spec.smoked()
+    if args.storage:
+        spec = spec.with_overrides(storage=args.storage)
+    outcome = run_study(spec, address=args.address, progress=not args.quiet)
+    return _finish(outcome, report=not args.no_report)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from ltsearch.runner import resume_study
+
+    outcome = resume_study(args.study_dir, address=args.address)
+    return _finish(outcome, report=not args.no_report)
+
+
+def _finish(outcome, *, report: bool) -> int:
+    print(
+        f"study finished in {outcome.wall_s:.0f} s: {outcome.finished} trial(s) ok, "
+        f"{outcome.failed} failed\n  parquet: {outcome.study_dir / 'trials'}"
+    )
+    if report:
+        from ltsearch.report import write_report
+
+        path = write_report(outcome.study_dir)
+        print(f"  report:  {path}")
+        plots = sorted((outcome.study_dir / "report").glob("pareto*.png"))
+        if plots:
+            print(f"  pareto plot: {plots[0]}")
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from ltsearch.report import status_text
+
+    print(status_text(Path(args.study_dir)))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from ltsearch.report import write_report
+
+    path = write_report(
+        Path(args.study_dir), x=args.x, y=args.y, compare=[Path(p) for p in args.compare]
+    )
+    print(path)
+    return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
@@ -24,11 +99,46 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_study_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate", help="check a study file (starts nothing)")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--smoke", action="store_true", help="validate the --smoke variant")
+    p.add_argument("--check-data", action="store_true", help="also check dataset paths")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="run a study on a Ray cluster (or a local Ray)")
+    p.add_argument("study", help="study YAML")
+    p.add_argument("--smoke", action="store_true", help="few trials, tiny data, 1 epoch")
+    p.add_argument("--storage", help="results root (default: the study's storage)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--no-report", action="store_true", help="skip report.md at the end")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="continue an interrupted study")
+    p.add_argument("study_dir")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    p.add_argument("--no-report", action="store_true", help="skip report.md at the end")
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("status", help="progress, best so far and failures of a study")
+    p.add_argument("study_dir")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("report", help="write report.md with Pareto fronts and tables")
+    p.add_argument("study_dir")
+    p.add_argument("--x", help="x-axis metric (default: first objective)")
+    p.add_argument("--y", help="y-axis metric (default: second objective)")
+    p.add_argument("--compare", nargs="*", default=[], help="other study directories")
+    p.set_defaults(func=_cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltsearch", description="Hyperparameter studies for long-tail detection."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_study_commands(sub)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
     synth = data.add_parser("synth", help="write the embedded synthetic long-tail dataset")
@@ -52,6 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LTUserError as exc:
         print(f"ltsearch: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ltsearch: interrupted; `ltsearch resume <study dir>` continues", file=sys.stderr)
+        return 130
 
 
 __all__ = ["build_parser", "main"]

@@ -79,19 +79,28 @@ class Param:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
+        if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise
+            raise bad
         if self.kind == "int":
             if float(value) != int(value):
                 raise bad
             value = int(value)
         else:
             value = float(value)
-        if not math.isfinite(value):
-            raise bad
         if (self.low is not None and value < self.low) or (
             self.high is not None and value > self.high
         ):
             raise bad
         return value
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 if it is a half type (bf16/fp16 under autocast); float64 stays float64.
+
+    Losses compute in at least float32 whatever the logits' dtype; keeping float64 lets
+    ``torch.autograd.gradcheck`` test them.
+    """
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 class LongTailLoss(nn.Module):
@@ -120,6 +129,14 @@ class LongTailLoss(nn.Module):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-class probabilities ``[N, C]`` (column j is label j + 1) for inference."""
         raise NotImplementedError
+
+    def foreground_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The raw logits ``[N, C]`` of the foreground classes (column j is label j + 1).
+
+        GAP ranks these. The default is columns ``1..C`` (true of ce, bce, eqlv2, seesaw,
+        whose column ``j`` is label ``j``); a loss with another layout overrides it.
+        """
+        return logits[:, 1 : self.num_classes + 1]
 
     def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
         """Receive the training set's class statistics; the default ignores them.
@@ -200,4 +217,12 @@ def build_loss(name: str, *, num_classes: int, **params: Any) -> LongTailLoss:
     return LOSSES[name](num_classes=num_classes, **checked)
 
 
-__all__ = ["LOSSES", "LongTailLoss", "Param", "build_loss", "register_loss", "validate_params"]
+__all__ = [
+    "LOSSES",
+    "LongTailLoss",
+    "Param",
+    "build_loss",
+    "register_loss",
+    "upcast",
+    "validate_params",
+]

@@ -11,7 +11,8 @@ i.e. the per-column BCE terms are summed over classes and averaged over RoIs (no
 Shape shorthand: N RoIs, C foreground classes, K = C + 1 logits. Column 0 is a trained
 background column: a background RoI has target 1 there and 0 elsewhere; a foreground RoI
 of label ``j`` has target 1 in column ``j`` only. Inference scores are
-``sigmoid(z)[:, 1:]`` (the background column is not used at inference). Computed in float32.
+``sigmoid(z)[:, 1:]`` (the background column is not used at inference). Computed in float32
+(float64 inputs stay float64).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, register_loss
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 
 
 @register_loss("bce")
@@ -37,14 +38,16 @@ class BinaryCrossEntropyLoss(LongTailLoss):
         return num_classes + 1
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[:, 1:].float())
+        return torch.sigmoid(upcast(logits[:, 1:]))
 
     def forward(  # type: ignore[override]
         self, logits: torch.Tensor, labels: torch.Tensor, **context: Any
     ) -> dict[str, torch.Tensor]:
         """Args: logits ``[N, C + 1]``, labels ``[N]`` in ``0..C``. Returns ``loss_cls``."""
         self.check_inputs(logits, labels)
-        z = logits.float()
-        target = F.one_hot(labels.long(), z.shape[1]).to(z.dtype)
-        loss = F.binary_cross_entropy_with_logits(z, target, reduction="sum")
+        z = upcast(logits)
+        # BCE(z, 0) = softplus(z), BCE(z, 1) = softplus(z) - z, one positive per row: half
+        # the work of binary_cross_entropy_with_logits on an explicit one-hot target.
+        own = z.gather(1, labels.long()[:, None])
+        loss = F.softplus(z).sum() - own.sum()
         return {"loss_cls": loss / max(z.shape[0], 1)}

@@ -129,8 +129,8 @@ class C2AMLoss(LongTailLoss):
             return torch.zeros(k, k, device=device)
         if weight is None:
             raise ValueError("c2am with adaptive margins needs the context keyword `weight`")
-        if weight.shape[0] != k:
-            raise ValueError(f"c2am: weight has {weight.shape[0]} rows, logits {k} columns")
+        if weight.dim() != 2 or weight.shape[0] != k:
+            raise ValueError(f"c2am: weight must be [{k}, D], got {list(weight.shape)}")
         return c2am_margins(
             _at_least_f32(weight), alpha=self.alpha, background_margin=self.background_margin
         )
@@ -148,7 +148,9 @@ class C2AMLoss(LongTailLoss):
         Returns:
             ``{"loss_cls": scalar}``.
         """
+        self.check_inputs(logits, labels)
         cos = _at_least_f32(logits)
+        labels = labels.long()
         n, k = cos.shape
         if n == 0:
             return {"loss_cls": cos.sum() * 0.0}

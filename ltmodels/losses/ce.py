@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, register_loss
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 
 
 @register_loss("ce")
@@ -31,11 +31,11 @@ class CrossEntropyLoss(LongTailLoss):
         return num_classes + 1
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return F.softmax(logits.float(), dim=1)[:, 1:]
+        return F.softmax(upcast(logits), dim=1)[:, 1:]
 
     def forward(  # type: ignore[override]
         self, logits: torch.Tensor, labels: torch.Tensor, **context: Any
     ) -> dict[str, torch.Tensor]:
         """Args: logits ``[N, C + 1]``, labels ``[N]`` in ``0..C``. Returns ``loss_cls``."""
         self.check_inputs(logits, labels)
-        return {"loss_cls": F.cross_entropy(logits.float(), labels.long())}
+        return {"loss_cls": F.cross_entropy(upcast(logits), labels.long())}

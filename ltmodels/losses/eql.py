@@ -20,17 +20,17 @@ business, not the loss's.)
 
 Class frequencies come from :meth:`set_class_stats`, which the detector calls after
 building the loss; they live in the buffer ``image_freq`` (checkpointed), and a forward
-without them raises. Computed in float32.
+without them raises. Computed in float32 (float64 inputs stay float64).
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, Param, register_loss
+from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
 
 
 @register_loss("eql")
@@ -43,7 +43,7 @@ class EqualizationLoss(LongTailLoss):
             than this fraction of training images are not suppressed by foreground RoIs.
     """
 
-    params: ClassVar[dict[str, Param]] = {
+    params = {
         "lambda_": Param(
             1.76e-3, low=0.0, high=1.0, doc="tail threshold on image frequency f_j (T_lambda)"
         ),
@@ -70,7 +70,7 @@ class EqualizationLoss(LongTailLoss):
         self.image_freq.copy_(counts / float(num_images))
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float())
+        return torch.sigmoid(upcast(logits))
 
     def forward(  # type: ignore[override]
         self, logits: torch.Tensor, labels: torch.Tensor, **context: Any
@@ -79,11 +79,19 @@ class EqualizationLoss(LongTailLoss):
         self.check_inputs(logits, labels)
         if bool(torch.isnan(self.image_freq).any()):
             raise RuntimeError("eql: class frequencies unset; call set_class_stats() first")
-        z = logits.float()
+        z = upcast(logits)
         labels = labels.long()
-        target = F.one_hot(labels, self.num_classes + 1)[:, 1:].to(z.dtype)
-        fg = (labels > 0).to(z.dtype)[:, None]
-        tail = (self.image_freq < self.lambda_).to(z.dtype)[None, :]
-        weight = 1.0 - fg * tail * (1.0 - target)
-        loss = F.binary_cross_entropy_with_logits(z, target, weight=weight, reduction="sum")
+        fg = (labels > 0).to(z.dtype)
+        col = (labels - 1).clamp(min=0)[:, None]  # own column (unused for background)
+        tail = (self.image_freq < self.lambda_).to(z.dtype)
+        # BCE(z, 0) = softplus(z), BCE(z, 1) = softplus(z) - z. Take every entry as a
+        # negative, drop the tail negatives of foreground rows (one mat-vec instead of
+        # [N, C] weight tensors), then make each foreground row's own column a positive
+        # of weight 1.
+        sp = F.softplus(z)
+        sp_own = sp.gather(1, col).squeeze(1)
+        z_own = z.gather(1, col).squeeze(1)
+        loss = (
+            sp.sum() - (fg * (sp @ tail)).sum() + (fg * (tail[col[:, 0]] * sp_own - z_own)).sum()
+        )
         return {"loss_cls": loss / max(z.shape[0], 1)}

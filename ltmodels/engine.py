@@ -1,0 +1,386 @@
+"""Training and evaluation loops for the detector (torchvision ``references/detection`` style).
+
+Plain functions: :func:`build_optimizer`, :class:`WarmupMultiStepLR`,
+:func:`train_one_epoch`, :func:`predict`, :func:`evaluate`; checkpoints are in
+:mod:`ltmodels.checkpoint` (re-exported here). A loader yields ``(images, targets)`` as
+:func:`ltmodels.data.lvis.collate_fn` builds them: a list of ``[3, H, W]`` float images and a
+list of torchvision target dicts with an ``image_id``.
+
+A non-finite loss stops training with :class:`NonFiniteLossError` (iteration and every loss
+term in the message). Under DDP the logged terms are averaged over workers first, so every
+worker sees the same values and stops together.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
+
+from ltmodels import distributed as dist_utils
+from ltmodels.checkpoint import load_checkpoint, save_checkpoint, unwrap
+from ltmodels.evaluation import LvisGroundTruth, evaluate_lvis, load_lvis_gt
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[Sequence[torch.Tensor], Sequence[dict[str, Any]]]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; carries where and the terms."""
+
+    def __init__(self, epoch: int, iteration: int, terms: Mapping[str, float]) -> None:
+        self.epoch, self.iteration, self.terms = epoch, iteration, dict(terms)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in self.terms.items())
+        super().__init__(f"non-finite loss at epoch {epoch}, iteration {iteration}: {shown}")
+
+
+def build_optimizer(
+    model: nn.Module,
+    *,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    params: Iterable[nn.Parameter] | None = None,
+) -> torch.optim.SGD:
+    """SGD with momentum over the trainable parameters (``params`` restricts them further,
+    e.g. to the box predictor for decoupled stage 2)."""
+    chosen = model.parameters() if params is None else params
+    trainable = [p for p in chosen if p.requires_grad]
+    if not trainable:
+        raise ValueError("no trainable parameters to optimise")
+    return torch.optim.SGD(trainable, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+class WarmupMultiStepLR(LRScheduler):
+    """Linear warm-up, then step decay at fractions of training; stepped every iteration.
+
+    The papers' LVIS schedule (detectron2 / MMDetection 1x): decay by 10 at 2/3 and 8/9 of
+    the iterations (60k and 80k of 90k), warm-up from 0.001 x lr. Fractions make the same
+    schedule fit any number of epochs: pass ``total_iters = epochs * iterations_per_epoch``.
+
+    Args:
+        optimizer: the optimizer.
+        total_iters: iterations of the whole run.
+        milestones: fractions of ``total_iters`` in (0, 1] where the lr is multiplied by
+            ``gamma``.
+        gamma: decay factor.
+        warmup_iters: length of the linear warm-up (clipped to ``total_iters``).
+        warmup_factor: lr multiplier at iteration 0.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        total_iters: int,
+        milestones: Sequence[float] = (2 / 3, 8 / 9),
+        gamma: float = 0.1,
+        warmup_iters: int = 500,
+        warmup_factor: float = 0.001,
+        last_epoch: int = -1,
+    ) -> None:
+        if total_iters < 1 or not all(0 < m <= 1 for m in milestones):
+            raise ValueError("total_iters must be >= 1 and milestones fractions in (0, 1]")
+        self.total_iters = int(total_iters)
+        self.milestone_iters = sorted(round(m * total_iters) for m in milestones)
+        self.gamma = float(gamma)
+        self.warmup_iters = min(int(warmup_iters), self.total_iters)
+        self.warmup_factor = float(warmup_factor)
+        super().__init__(optimizer, last_epoch)
+
+    def factor(self, it: int) -> float:
+        """lr multiplier at iteration ``it`` (0-based)."""
+        decay = self.gamma ** bisect_right(self.milestone_iters, it)
+        if it >= self.warmup_iters:
+            return decay
+        alpha = it / self.warmup_iters
+        return decay * (self.warmup_factor * (1 - alpha) + alpha)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        f = self.factor(self.last_epoch)
+        return [float(base) * f for base in self.base_lrs]
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    images, targets = batch
+    moved = [
+        {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in targets
+    ]
+    return [im.to(device, non_blocking=True) for im in images], moved
+
+
+def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
+    for sampler in (
+        getattr(loader, "sampler", None),
+        getattr(getattr(loader, "batch_sampler", None), "sampler", None),
+    ):
+        set_epoch = getattr(sampler, "set_epoch", None)
+        if set_epoch is not None:
+            set_epoch(epoch)
+
+
+def _synced_values(terms: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Loss terms as floats, averaged over DDP workers (one all-reduce)."""
+    stacked = torch.stack([v.detach().float() for v in terms.values()])
+    stacked = dist_utils.all_reduce_sum(stacked) / dist_utils.world_size()
+    return dict(zip(terms, stacked.tolist(), strict=True))
+
+
+def _backward_step(
+    loss: torch.Tensor,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    max_norm: float | None,
+) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        if max_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    loss.backward()
+    if max_norm is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: Iterable[Batch],
+    *,
+    scheduler: LRScheduler | None,
+    device: torch.device | str,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
+    max_norm: float | None = None,
+    log_every: int = 50,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> dict[str, float]:
+    """Train one pass over ``loader`` (the scheduler steps every iteration).
+
+    Mixed precision (``torch.autocast``) is on when a ``scaler`` is given and the device is
+    CUDA. The sampler's ``set_epoch(epoch)`` is called when it has one.
+
+    Args:
+        on_step: called after each iteration with ``epoch``, ``iteration`` (within the
+            epoch), ``lr``, ``loss`` and every loss term.
+
+    Returns:
+        Mean ``loss`` and terms over the epoch, last ``lr``, ``iterations``, ``images``,
+        ``seconds`` and ``images_per_s``.
+
+    Raises:
+        NonFiniteLossError: the summed loss is NaN or infinite (before any update with it).
+    """
+    device = torch.device(device)
+    amp = scaler is not None and device.type == "cuda"
+    model.train()
+    _set_epoch(loader, epoch)
+    sums: dict[str, float] = {}
+    images_seen = iterations = 0
+    start = time.perf_counter()
+    for it, batch in enumerate(loader):
+        images, targets = _to_device(batch, device)
+        with torch.autocast(device.type, enabled=amp):
+            terms = model(images, targets)
+        loss = sum(terms.values())
+        values = _synced_values(terms)
+        values["loss"] = sum(values.values())
+        if not math.isfinite(values["loss"]):
+            raise NonFiniteLossError(epoch, it, values)
+        _backward_step(loss, model, optimizer, scaler, max_norm)
+        values["lr"] = optimizer.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        images_seen += len(images)
+        iterations += 1
+        if on_step is not None:
+            on_step({"epoch": float(epoch), "iteration": float(it), **values})
+        if log_every and it % log_every == 0:
+            log.info(
+                "epoch %d iter %d: loss %.4f lr %.3g", epoch, it, values["loss"], values["lr"]
+            )
+    seconds = time.perf_counter() - start
+    out = {k: v / max(iterations, 1) for k, v in sums.items() if k != "lr"}
+    out["lr"] = optimizer.param_groups[0]["lr"]
+    out.update(
+        iterations=float(iterations),
+        images=float(images_seen),
+        seconds=seconds,
+        images_per_s=images_seen / seconds if seconds > 0 else 0.0,
+    )
+    return out
+
+
+def dataset_image_sizes(dataset: Any) -> dict[int, tuple[int, int]] | None:
+    """``image_id -> (height, width)`` of the original images, for datasets that know them
+    (:class:`~ltmodels.data.lvis.LVISDetection` and ``Subset`` of one); else ``None``."""
+    while hasattr(dataset, "dataset") and not hasattr(dataset, "image_info"):
+        dataset = dataset.dataset
+    if not (hasattr(dataset, "image_info") and hasattr(dataset, "image_ids")):
+        return None
+    infos = (dataset.image_info(i) for i in range(len(dataset.image_ids)))
+    return {int(info["id"]): (int(info["height"]), int(info["width"])) for info in infos}
+
+
+def _lvis_results(
+    output: Mapping[str, torch.Tensor],
+    image_id: int,
+    input_size: tuple[int, int],
+    orig_size: tuple[int, int],
+    cat_lookup: torch.Tensor,
+    masks: bool,
+) -> list[dict[str, Any]]:
+    """One image's detections (model input coordinates) as LVIS result dicts in the original
+    image's coordinates."""
+    sy, sx = orig_size[0] / input_size[0], orig_size[1] / input_size[1]
+    boxes = output["boxes"].detach().float().cpu() * torch.tensor([sx, sy, sx, sy])
+    boxes[:, 2:] -= boxes[:, :2]
+    cats = cat_lookup[output["labels"].cpu()].tolist()
+    scores = output["scores"].detach().float().cpu().tolist()
+    dets = [
+        {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
+        for c, b, s in zip(cats, boxes.tolist(), scores, strict=True)
+    ]
+    if masks and dets:
+        prob = output["masks"].detach().float()
+        if tuple(prob.shape[-2:]) != tuple(orig_size):
+            prob = F.interpolate(prob, size=orig_size, mode="bilinear", align_corners=False)
+        binary = (prob[:, 0] > 0.5).cpu().numpy().astype(np.uint8)
+        rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+        for d, rle in zip(dets, rles, strict=True):
+            d["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
+    return dets
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    *,
+    device: torch.device | str,
+    label_to_cat_id: Mapping[int, int],
+    masks: bool,
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the detector and return LVIS result dicts (bbox xywh, score, category_id,
+    image_id, and an RLE ``segmentation`` when ``masks``).
+
+    Args:
+        label_to_cat_id: contiguous label (1..C) -> dataset category id.
+        image_sizes: ``image_id -> (H, W)`` of the original images, when the loader's
+            transforms resized them; predictions are mapped back. Default: taken from the
+            loader's dataset when it knows them (LVISDetection), else no mapping.
+
+    Under DDP each worker predicts its shard and every worker returns all detections. An
+    image seen twice (sampler padding) contributes its detections once.
+    """
+    device = torch.device(device)
+    if image_sizes is None:
+        image_sizes = dataset_image_sizes(getattr(loader, "dataset", None))
+    lookup = torch.zeros(max(label_to_cat_id) + 1, dtype=torch.long)
+    for label, cat in label_to_cat_id.items():
+        lookup[label] = cat
+    model.eval()
+    heads: Any = getattr(unwrap(model), "roi_heads", None)
+    infer_masks = getattr(heads, "infer_masks", None)
+    if infer_masks is not None:  # boxes only: skip the mask branch (most of CPU inference)
+        heads.infer_masks = masks
+    per_image: dict[int, list[dict[str, Any]]] = {}
+    try:
+        for images, targets in loader:
+            outputs = model([im.to(device) for im in images])
+            for im, t, out in zip(images, targets, outputs, strict=True):
+                image_id = int(t["image_id"])
+                size = (int(im.shape[-2]), int(im.shape[-1]))
+                orig = size if image_sizes is None else image_sizes.get(image_id, size)
+                per_image[image_id] = _lvis_results(out, image_id, size, orig, lookup, masks)
+    finally:
+        if infer_masks is not None:
+            heads.infer_masks = infer_masks
+    parts = [per_image]
+    if dist_utils.is_distributed():
+        parts = [{} for _ in range(dist_utils.world_size())]
+        torch.distributed.all_gather_object(parts, per_image)
+    merged: dict[int, list[dict[str, Any]]] = {}
+    for part in parts:  # a sharded sampler pads with repeats: first copy of an image wins
+        for image_id, dets in part.items():
+            merged.setdefault(image_id, dets)
+    return [d for dets in merged.values() for d in dets]
+
+
+def score_detections(
+    detections: Sequence[Mapping[str, Any]],
+    gt: str | Path | Mapping[str, Any] | LvisGroundTruth,
+    *,
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    max_dets: int = 300,
+) -> tuple[dict[str, float], dict[str, list[dict[str, Any]]]]:
+    """LVIS metrics of a result set: flat ``{"bbox/AP": .., "segm/APr": ..}`` and the
+    per-category AP tables by IoU type."""
+    gt_data = gt if isinstance(gt, LvisGroundTruth) else load_lvis_gt(gt)
+    metrics: dict[str, float] = {}
+    per_category: dict[str, list[dict[str, Any]]] = {}
+    for iou_type in iou_types:
+        res = evaluate_lvis(gt_data, detections, iou_type, max_dets=max_dets)
+        per_category[iou_type] = res.pop("per_category")
+        metrics.update({f"{iou_type}/{k}": float(v) for k, v in res.items()})
+    return metrics, per_category
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[Batch],
+    gt: str | Path | Mapping[str, Any] | LvisGroundTruth,
+    *,
+    device: torch.device | str,
+    label_to_cat_id: Mapping[int, int],
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
+    max_dets: int = 300,
+) -> dict[str, float]:
+    """Predict on ``loader`` and return the flat LVIS metric dict (``"bbox/AP"``,
+    ``"bbox/APr"``, ..., ``"segm/APf"``; -1.0 where LVIS leaves a metric undefined)."""
+    dets = predict(
+        model,
+        loader,
+        device=device,
+        label_to_cat_id=label_to_cat_id,
+        masks="segm" in iou_types,
+        image_sizes=image_sizes,
+    )
+    return score_detections(dets, gt, iou_types=iou_types, max_dets=max_dets)[0]
+
+
+__all__ = [
+    "NonFiniteLossError",
+    "WarmupMultiStepLR",
+    "build_optimizer",
+    "dataset_image_sizes",
+    "evaluate",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "score_detections",
+    "train_one_epoch",
+]

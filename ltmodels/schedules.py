@@ -1,0 +1,257 @@
+"""The two schedules a trial can follow: ``end_to_end`` and ``decoupled``.
+
+``decoupled`` trains stage 1 once per stage-1 spec: the weights are cached under
+``<cache_dir>/stage1/<key>/model.pt`` (key = hash of the stage-1 config, model spec and
+dataset files) behind a file lock, so concurrent trials wait for the one producer and
+later studies reuse it. Stage 2 either fine-tunes the named parts of the whole model, or,
+when only the box predictor trains, trains it on the RoI-feature cache of that stage-1
+checkpoint (:mod:`ltmodels.features`): predictor training + NMS + evaluation only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ltmodels import distributed as dist_utils
+from ltmodels.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.data import LVISDetection
+from ltmodels.detector import ModelSpec, build_detector
+from ltmodels.engine import predict, score_detections
+from ltmodels.feature_cache import exclusive_lock
+from ltmodels.losses import build_loss
+from ltmodels.stages import (
+    EpochCallback,
+    Timer,
+    datasets,
+    eval_loader,
+    freeze_except,
+    load_matching,
+    train_loader,
+    train_stage,
+)
+from ltmodels.trial import StageConfig, TrialConfig, TrialResult
+
+log = logging.getLogger(__name__)
+
+
+def model_spec(overrides: dict[str, Any]) -> ModelSpec:
+    """``ModelSpec.tiny`` for the tiny backbone, ``ModelSpec.paper`` otherwise, then the
+    study's overrides."""
+    preset = ModelSpec.tiny if overrides.get("backbone") == "tiny" else ModelSpec.paper
+    return preset(**overrides)
+
+
+def device_of(name: str) -> torch.device:
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("the trial asks for a GPU but CUDA is not available here")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def build_model(
+    spec: ModelSpec, stage: StageConfig, train_set: LVISDetection, device: torch.device
+) -> nn.Module:
+    loss = build_loss(stage.loss, num_classes=train_set.num_classes, **dict(stage.loss_params))
+    model = build_detector(
+        spec,
+        loss,
+        train_set.num_classes,
+        image_counts=train_set.image_counts,
+        num_images=len(train_set),
+    )
+    return model.to(device)
+
+
+def full_evaluation(
+    model: nn.Module, val_set: LVISDetection, cfg: TrialConfig, spec: ModelSpec, device
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Whole-model LVIS evaluation: bbox, plus segm when the model has masks and the trial
+    asks for them; per-category rows carry their IoU type."""
+    iou_types = ("bbox", "segm") if spec.masks and cfg.eval_masks else ("bbox",)
+    dets = predict(
+        model,
+        eval_loader(val_set, workers=cfg.loader_workers),
+        device=device,
+        label_to_cat_id=val_set.label_to_cat_id,
+        masks="segm" in iou_types,
+    )
+    metrics, per_cat = score_detections(dets, cfg.data.val_json, iou_types=iou_types)
+    rows = [{**r, "iou_type": t} for t, table in per_cat.items() for r in table]
+    return metrics, rows
+
+
+def _file_sig(path: str) -> dict[str, Any]:
+    p = Path(path)
+    return {"path": str(p.resolve()), "size": p.stat().st_size}
+
+
+def stage1_key(cfg: TrialConfig, spec: ModelSpec) -> str:
+    """Hash of what stage 1 trains on and how: reused by every trial and study that agree."""
+    assert cfg.stage1 is not None
+    payload = {
+        "stage1": asdict(cfg.stage1),
+        "model": asdict(spec),
+        "train": _file_sig(cfg.data.train_json),
+        "val": _file_sig(cfg.data.val_json),
+        "format": 1,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_stage1(
+    cfg: TrialConfig, spec: ModelSpec, train_set: LVISDetection, device: torch.device
+) -> tuple[Path, str]:
+    """Train stage 1 unless its weights are cached; return (weights path, key).
+
+    One producer: the first caller holds ``<key>.lock`` and trains (checkpointing each epoch,
+    so an interrupted stage 1 resumes); the others block on the lock, then reuse it.
+    Under DDP every worker trains; rank 0 holds the lock.
+    """
+    assert cfg.stage1 is not None
+    key = stage1_key(cfg, spec)
+    root = Path(cfg.cache_dir) / "stage1"
+    final = root / key / "model.pt"
+    root.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        return final, key
+    with exclusive_lock(root / f".{key}.lock"):
+        if final.exists():
+            return final, key
+        stage = cfg.stage1
+        torch.manual_seed(stage.seed)
+        model = build_model(spec, stage, train_set, device)
+        loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
+        log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
+        train_stage(model, stage, loader, device=device, ckpt_path=final.parent / "train.pt")
+        if dist_utils.rank() == 0:
+            save_checkpoint(final, model=model, epoch=stage.epochs, extra={"key": key})
+            (final.parent / "stage1.json").write_text(
+                json.dumps({"stage1": asdict(stage), "model": asdict(spec)}, default=str)
+            )
+    return final, key
+
+
+def _stage2_model(
+    cfg: TrialConfig, spec: ModelSpec, train_set: LVISDetection, weights: Path, device
+) -> nn.Module:
+    """The trial's detector, initialised from stage 1 (a classifier of another width or
+    kind starts fresh), AHR clusters fitted on the stage-1 class weights."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec, cfg.train, train_set, device)
+    state = load_checkpoint(weights, restore_rng=False)["model"]
+    # the trial's loss keeps its own fresh state (stage 1's loss statistics are not its own)
+    weights_only = {k: v for k, v in state.items() if not k.startswith("roi_heads.cls_loss.")}
+    skipped = [k for k in load_matching(model, weights_only) if "cls_loss." not in k]
+    if skipped:
+        log.info("stage 2 starts these from scratch (shape differs from stage 1): %s", skipped)
+    loss = model.roi_heads.cls_loss
+    if hasattr(loss, "fit_clusters"):
+        assert cfg.stage1 is not None
+        prefix = "roi_heads.box_predictor."
+        w = state.get(prefix + "cls_score.weight", state.get(prefix + "weight"))
+        if w is None:
+            raise RuntimeError(f"stage-1 checkpoint {weights} has no classifier weight")
+        w = w.to(device)
+        s1 = build_loss(cfg.stage1.loss, num_classes=train_set.num_classes)
+        loss.fit_clusters(s1.foreground_logits(w.t()).t().float())
+    return model
+
+
+def _cached_stage2(
+    cfg: TrialConfig,
+    spec: ModelSpec,
+    model: nn.Module,
+    sets: tuple[LVISDetection, LVISDetection],
+    key: str,
+    timer: Timer,
+    device: torch.device,
+) -> tuple[list[dict[str, float]], dict[str, float], list[dict[str, Any]]]:
+    from ltmodels.features import build_feature_cache, evaluate_cached, train_predictor_cached
+
+    train_set, val_set = sets
+    plain_train = LVISDetection(cfg.data.train_json, cfg.data.train_root, with_masks=False)
+    with timer("cache"):
+        cache = build_feature_cache(
+            model, plain_train, val_set, Path(cfg.cache_dir) / "features", key=key
+        )
+    stage = cfg.train
+    predictor = model.roi_heads.box_predictor
+    loss = model.roi_heads.cls_loss
+    with timer("train"):
+        history = train_predictor_cached(
+            predictor,
+            loss,
+            cache,
+            epochs=stage.epochs,
+            lr=stage.lr,
+            batch_images=stage.batch_size,
+            rois_per_image=spec.box_batch_size_per_image,
+            positive_fraction=spec.box_positive_fraction,
+            momentum=stage.momentum,
+            weight_decay=stage.weight_decay,
+            warmup_iters=stage.warmup_iters,
+            seed=cfg.seed,
+            device=device,
+        )
+    with timer("eval"):
+        [(metrics, per_cat)] = evaluate_cached(
+            [(predictor, loss)],
+            cache,
+            cfg.data.val_json,
+            score_thresh=spec.box_score_thresh,
+            detections_per_img=spec.box_detections_per_img,
+            device=device,
+        )
+    rows = [{**r, "iou_type": "bbox"} for r in per_cat]
+    if cfg.full_eval:
+        with timer("full_eval"):
+            full, rows = full_evaluation(model, val_set, cfg, spec, device)
+        metrics = {**metrics, **{k: v for k, v in full.items() if k.startswith("segm/")}}
+    return history, metrics, rows
+
+
+def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None) -> TrialResult:
+    """See :func:`ltmodels.trial.run_trial`."""
+    timer = Timer()
+    device = device_of(cfg.device)
+    spec = model_spec(dict(cfg.model))
+    train_set, val_set = datasets(cfg.data, masks=spec.masks)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.schedule == "end_to_end":
+        torch.manual_seed(cfg.seed)
+        model = build_model(spec, cfg.train, train_set, device)
+    elif cfg.schedule == "decoupled":
+        with timer("stage1"):
+            weights, key = ensure_stage1(cfg, spec, train_set, device)
+        model = _stage2_model(cfg, spec, train_set, weights, device)
+        if cfg.train.use_feature_cache:
+            history, metrics, rows = _cached_stage2(
+                cfg, spec, model, (train_set, val_set), key, timer, device
+            )
+            return TrialResult(metrics, history, rows, dict(timer.totals))
+        freeze_except(model, cfg.train.finetune)
+    else:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}")
+    loader = train_loader(train_set, cfg.train, seed=cfg.seed, workers=cfg.loader_workers)
+    with timer("train"):
+        history = train_stage(
+            model,
+            cfg.train,
+            loader,
+            device=device,
+            ckpt_path=workdir / "checkpoint.pt",
+            on_epoch=on_epoch,
+        )
+    with timer("eval"):
+        metrics, rows = full_evaluation(model, val_set, cfg, spec, device)
+    return TrialResult(metrics, history, rows, dict(timer.totals))

@@ -1,0 +1,199 @@
+"""Building blocks of a trial's schedule: data, loaders, one training stage, freezing.
+
+Used by :mod:`ltmodels.trial`; every function is plain and Ray-free. Training images are
+flipped at random by the dataset and resized by the model's own transform (``ModelSpec``
+``min_size``, a tuple for multi-scale jitter), so images are resized exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ltmodels import distributed as dist_utils
+from ltmodels.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.data import (
+    LVISDetection,
+    RandomHorizontalFlip,
+    RepeatFactorSampler,
+    ShardedRandomSampler,
+    collate_fn,
+)
+from ltmodels.engine import WarmupMultiStepLR, build_optimizer, train_one_epoch
+from ltmodels.errors import ConfigError
+from ltmodels.trial import FINETUNE_PARTS, DataConfig, StageConfig
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float], Path], None]
+
+
+def datasets(data: DataConfig, *, masks: bool) -> tuple[LVISDetection, LVISDetection]:
+    """Training set (random horizontal flip) and validation set (no transform)."""
+    train = LVISDetection(
+        data.train_json, data.train_root, transforms=RandomHorizontalFlip(0.5), with_masks=masks
+    )
+    val = LVISDetection(data.val_json, data.val_root, with_masks=False)
+    return train, val
+
+
+def train_loader(
+    dataset: LVISDetection, stage: StageConfig, *, seed: int, workers: int = 0
+) -> DataLoader:
+    """A loader over this worker's shard; ``stage.batch_size`` is the total over workers."""
+    world = dist_utils.world_size()
+    if stage.batch_size % world:
+        raise ConfigError(
+            f"batch_size {stage.batch_size} does not split over {world} workers; "
+            "use a multiple of the number of workers"
+        )
+    sampler: RepeatFactorSampler | ShardedRandomSampler
+    if stage.sampler == "rfs":
+        sampler = RepeatFactorSampler(dataset, threshold=stage.rfs_threshold, seed=seed)
+    else:
+        sampler = ShardedRandomSampler(len(dataset), seed=seed)
+    return DataLoader(
+        dataset,
+        batch_size=stage.batch_size // world,
+        sampler=sampler,
+        collate_fn=collate_fn,
+        num_workers=workers,
+        drop_last=False,
+    )
+
+
+def eval_loader(dataset: LVISDetection, *, batch_size: int = 4, workers: int = 0) -> DataLoader:
+    sampler = ShardedRandomSampler(len(dataset), shuffle=False)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_fn, num_workers=workers
+    )
+
+
+def part_modules(model: nn.Module, part: str) -> list[nn.Module]:
+    """The modules a ``finetune`` part names."""
+    rh = model.roi_heads
+    table: dict[str, list[Any]] = {
+        "backbone": [model.backbone],
+        "rpn": [model.rpn],
+        "box_head": [rh.box_head],
+        "box_predictor": [rh.box_predictor],
+        "mask_head": [getattr(rh, "mask_head", None), getattr(rh, "mask_predictor", None)],
+    }
+    if part not in table:
+        raise ConfigError(f"unknown finetune part {part!r}; use some of {FINETUNE_PARTS}")
+    return [m for m in table[part] if m is not None]
+
+
+def freeze_except(model: nn.Module, parts: tuple[str, ...]) -> int:
+    """Freeze every parameter outside ``parts`` (all train when empty); return how many
+    parameters stay trainable. Frozen parts also stay in eval mode (no dropout/BN update)."""
+    if not parts:
+        return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for part in parts:
+        for m in part_modules(model, part):
+            for p in m.parameters():
+                p.requires_grad_(True)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load the entries of ``state`` whose name and shape match; return those skipped
+    (a stage-2 loss whose classifier differs in width or kind keeps a fresh classifier)."""
+    own = model.state_dict()
+    keep = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(set(own) - set(keep))
+    model.load_state_dict(keep, strict=False)
+    return skipped
+
+
+def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP wrapper when torch.distributed is initialised (Ray Train sets it up)."""
+    if not dist_utils.is_distributed():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
+def train_stage(
+    model: nn.Module,
+    stage: StageConfig,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    ckpt_path: Path,
+    on_epoch: EpochCallback | None = None,
+) -> list[dict[str, float]]:
+    """Train ``stage.epochs`` epochs, checkpointing each; resume from ``ckpt_path`` if a
+    checkpoint of this stage is there (exact: optimizer, scheduler, RNG states)."""
+    ddp = wrap_ddp(model, device)
+    optimizer = build_optimizer(
+        model, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
+    )
+    total = max(1, stage.epochs * len(loader))
+    scheduler = WarmupMultiStepLR(optimizer, total_iters=total, warmup_iters=stage.warmup_iters)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    history: list[dict[str, float]] = []
+    start = 0
+    if ckpt_path.exists():
+        payload = load_checkpoint(
+            ckpt_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler
+        )
+        start = int(payload["epoch"])
+        history = list(payload["extra"].get("history", []))
+        log.info("resumed %s at epoch %d", ckpt_path, start)
+    for epoch in range(start, stage.epochs):
+        stats = train_one_epoch(
+            ddp,
+            optimizer,
+            loader,
+            scheduler=scheduler,
+            device=device,
+            epoch=epoch,
+            scaler=scaler,
+            max_norm=stage.max_norm,
+        )
+        history.append({"epoch": float(epoch), **stats})
+        if dist_utils.rank() == 0:
+            save_checkpoint(
+                ckpt_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                scaler=scaler,
+                epoch=epoch + 1,
+                extra={"history": history},
+            )
+        if on_epoch is not None:
+            on_epoch(epoch, stats, ckpt_path.parent)
+    return history
+
+
+class Timer:
+    """Accumulates named wall-clock durations (``timings`` of a TrialResult)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Span:
+        return _Span(self, name)
+
+
+class _Span:
+    def __init__(self, timer: Timer, name: str) -> None:
+        self.timer, self.name = timer, name
+
+    def __enter__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        dt = time.perf_counter() - self.t0
+        self.timer.totals[self.name] = self.timer.totals.get(self.name, 0.0) + dt

@@ -1,0 +1,83 @@
+"""The progress display of a running study: one line per finished trial, on the driver."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from ltsearch.spec import StudySpec
+
+
+def _fmt_params(config: dict[str, Any]) -> str:
+    loss = config.get("loss", "?")
+    rest = [f"{k.split('.', 1)[1]}={_num(v)}" for k, v in sorted(config.items()) if "." in k]
+    return f"{loss}" + (f"({', '.join(rest)})" if rest else "")
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class ProgressPrinter(Callback):
+    """Prints a header, then ``[k/N] loss(params): objectives  (time)  best: ...`` lines."""
+
+    def __init__(self, spec: StudySpec, study_dir: Path, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.total = spec.n_trials
+        self.seeds = len(spec.search.seeds)
+        self.objectives = spec.search.parsed_objectives
+        self.study_dir = str(study_dir)
+        self.name = spec.name
+        self.done = 0
+        self.failed = 0
+        self.best: dict[str, tuple[float, str]] = {}
+        self.t0 = time.time()
+
+    def _print(self, text: str) -> None:
+        if self.enabled:
+            print(text, file=sys.stdout, flush=True)
+
+    def header(self, where: str) -> None:
+        objs = ", ".join(f"{o.metric} ({o.direction})" for o in self.objectives)
+        self._print(
+            f"study {self.name}: {self.total} configurations x {self.seeds} seed(s) on {where}\n"
+            f"  objectives: {objs}\n  results: {self.study_dir}"
+        )
+
+    def _update_best(self, result: dict[str, Any], label: str) -> None:
+        for o in self.objectives:
+            v = result.get(o.metric)
+            if not isinstance(v, (int, float)):
+                continue
+            cur = self.best.get(o.metric)
+            better = cur is None or (v > cur[0] if o.direction == "max" else v < cur[0])
+            if better:
+                self.best[o.metric] = (float(v), label)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        label = _fmt_params(trial.config)
+        self._update_best(result, label)
+        vals = "  ".join(
+            f"{o.metric}={result[o.metric]:.2f}"
+            for o in self.objectives
+            if isinstance(result.get(o.metric), (int, float))
+        )
+        best = "  ".join(f"{m}={v:.2f}" for m, (v, _) in self.best.items())
+        elapsed = time.time() - self.t0
+        self._print(
+            f"[{self.done + self.failed}/{self.total}] {label}: {vals}   "
+            f"({elapsed:.0f} s elapsed; best {best})"
+        )
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.failed += 1
+        self._print(
+            f"[{self.done + self.failed}/{self.total}] {_fmt_params(trial.config)}: FAILED "
+            f"(error recorded in {self.study_dir}/trials; the study goes on)"
+        )

@@ -1,0 +1,245 @@
+"""``ltsearch report`` and ``ltsearch status``: what a study directory holds, read from disk.
+
+Both read only ``spec.yaml`` and the parquet parts (no Ray), so they work while the study
+is still running: the report shows the runs finished so far. ``write_report`` writes
+``DIR/report.md`` and its figures and tables under ``DIR/report/``:
+
+- ``pareto.png``: objective x against y (default: the first two objectives), the front;
+- ``compare.png`` (with ``compare``): several studies' fronts on one plot;
+- ``sweeps.png``: AP, APr, APc, APf against each tuned hyperparameter;
+- ``groups.png``: APr/APc/APf of the front configurations;
+- ``configs.csv``: every configuration with its means over seeds and Pareto rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ltmodels.errors import ConfigError
+from ltsearch.report_plots import plot_compare, plot_front, plot_groups, plot_sweeps
+from ltsearch.report_sections import (
+    REPORT_DIR,
+    ablation_section,
+    compare_md,
+    domination_md,
+    failures_md,
+    front_section,
+    reading_md,
+    summary_md,
+)
+from ltsearch.report_tables import (
+    GROUP_METRICS,
+    Summary,
+    config_label,
+    config_params,
+    groups_md,
+    prepare_runs,
+    summarize,
+)
+from ltsearch.runner import load_study_dir
+from ltsearch.spec import StudySpec
+from ltsearch.spec_sections import METRICS, Objective
+from ltsearch.store import ResultStore
+
+REPORT_FILE = "report.md"
+MAX_STATUS_FAILURES = 20
+PLOTS = ("pareto.png", "compare.png", "sweeps.png", "groups.png")
+
+
+def _directions(objectives: Sequence[Objective], metrics: Sequence[str]) -> list[str]:
+    given = {o.metric: o.direction for o in objectives}
+    return [given.get(m, "max") for m in metrics]
+
+
+def _axes(spec: StudySpec, x: str | None, y: str | None) -> tuple[str, str]:
+    names = spec.search.metric_names
+    dx, dy = (names[0], names[1]) if len(names) >= 2 else ("bbox/APr", "bbox/APf")
+    x, y = x or dx, y or dy
+    for flag, metric in (("--x", x), ("--y", y)):
+        if metric not in METRICS:
+            raise ConfigError(
+                f"{flag} {metric!r} is not a metric; use one of {', '.join(METRICS)}"
+            )
+    return x, y
+
+
+def _load(study_dir: Path, objectives: Sequence[Objective], metrics: Sequence[str]):
+    runs = ResultStore(study_dir).load_trials()
+    if runs.empty:
+        return runs, 1.0, Summary(pd.DataFrame(), list(objectives), [])
+    runs, scale = prepare_runs(runs)
+    return runs, scale, summarize(runs, objectives, metrics)
+
+
+def _metrics(spec: StudySpec, x: str, y: str) -> list[str]:
+    kinds = ["bbox", "segm"]
+    if spec.reference is not None:
+        kinds.sort(key=lambda k: k != spec.reference.metric_kind)  # type: ignore[union-attr]
+    return [*spec.search.metric_names, x, y, *[f"{k}/{m}" for k in kinds for m in GROUP_METRICS]]
+
+
+def _kinds(summary: Summary) -> list[str]:
+    return [k for k in ("bbox", "segm") if f"{k}/AP.mean" in summary.configs]
+
+
+def _group_configs(summary: Summary) -> pd.DataFrame:
+    c = summary.configs
+    picked = c[c["front"]]
+    best = c.drop_duplicates("loss")  # configs are ordered best first
+    return pd.concat([picked, best[~best["config_hash"].isin(picked["config_hash"])]])
+
+
+def _compared(
+    others: Sequence[Path], x: str, y: str, dirs: list[str]
+) -> list[tuple[str, pd.DataFrame]]:
+    """``(study name, configurations)`` of each other study, summarised on (x, y)."""
+    objs = [Objective(m, d) for m, d in zip((x, y), dirs, strict=True)]
+    out = []
+    for other in others:
+        spec = load_study_dir(other)
+        out.append((spec.name, _load(Path(other), objs, [x, y])[2].configs))
+    return out
+
+
+def _image(title: str, path: Path | None) -> str:
+    return "" if path is None else f"\n\n![{title}]({REPORT_DIR}/{path.name})"
+
+
+def _result_parts(
+    spec: StudySpec,
+    out: Path,
+    runs: pd.DataFrame,
+    summary: Summary,
+    xy: tuple[str, str],
+    compare: Sequence[Path],
+) -> list[str]:
+    """Front, domination, ablation, groups, sweeps and comparison sections (and their
+    figures and ``configs.csv`` under ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in PLOTS:  # a figure this report does not draw must not outlive its data
+        (out / stale).unlink(missing_ok=True)
+    c, (x, y) = summary.configs, xy
+    c.to_csv(out / "configs.csv", index=False)
+    dirs = _directions(spec.search.parsed_objectives, xy)
+    front_png = plot_front(out / "pareto.png", c, x, y, dirs, spec.name)
+    parts = ["## Pareto front\n\n" + front_section(summary) + _image("front", front_png)]
+    parts.append("## Domination probabilities\n\n" + domination_md(runs, summary))
+    if spec.reference is not None:
+        parts.append(ablation_section(spec, summary))
+    groups = _group_configs(summary)
+    kind = spec.reference.metric_kind if spec.reference is not None else x.split("/")[0]
+    parts.append(
+        "## AP by frequency group\n\nConfigurations on the front, then each loss's best "
+        "not on it.\n\n"
+        + groups_md(groups, _kinds(summary))
+        + _image("groups", plot_groups(out / "groups.png", groups, kind))
+    )
+    sweeps = plot_sweeps(out / "sweeps.png", c, kind)
+    if sweeps is not None:
+        parts.append(f"## Hyperparameter sweeps ({kind})" + _image("sweeps", sweeps))
+    if compare:
+        studies = [(spec.name, c), *_compared(compare, x, y, dirs)]
+        png = plot_compare(out / "compare.png", studies, x, y, dirs)
+        parts.append(
+            "## Studies compared\n\n" + compare_md(studies, x, y, dirs) + _image("compare", png)
+        )
+    return parts
+
+
+def write_report(
+    study_dir: Path, *, x: str | None = None, y: str | None = None, compare: Sequence[Path] = ()
+) -> Path:
+    """Write ``report.md`` (and ``report/*.png``, ``report/configs.csv``) for a study.
+
+    Args:
+        study_dir: the study directory (holds ``spec.yaml`` and ``trials/``).
+        x: metric of the front plot's x axis (default: the first objective, or bbox/APr).
+        y: metric of its y axis (default: the second objective, or bbox/APf).
+        compare: other study directories to draw on one plot with this one.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        SpecError: a directory is not a study directory (no readable ``spec.yaml``).
+        ConfigError: ``x`` or ``y`` is not a metric name.
+    """
+    study_dir = Path(study_dir)
+    spec = load_study_dir(study_dir)
+    x, y = _axes(spec, x, y)
+    objectives = spec.search.parsed_objectives
+    runs, scale, summary = _load(study_dir, objectives, _metrics(spec, x, y))
+    parts = [f"# Study report: {spec.name}", summary_md(spec, study_dir, runs, scale)]
+    if summary.configs.empty:
+        parts.append(
+            "No configuration has an ok run yet: nothing to rank or plot. Results "
+            f"appear in `{study_dir}/trials/` as each (configuration, seed) finishes; "
+            "run the report again then."
+        )
+    else:
+        parts += _result_parts(spec, study_dir / REPORT_DIR, runs, summary, (x, y), compare)
+    parts.append(failures_md(runs))
+    parts.append(reading_md(study_dir))
+    path = study_dir / REPORT_FILE
+    path.write_text("\n\n".join(p for p in parts if p) + "\n", encoding="utf-8")
+    return path
+
+
+def status_text(study_dir: Path) -> str:
+    """Progress of a study from its parquet parts: configurations and runs done against
+    the spec's budget, failures (first line of each error), best so far per objective."""
+    study_dir = Path(study_dir)
+    spec = load_study_dir(study_dir)
+    seeds = spec.search.seeds
+    runs = ResultStore(study_dir).load_trials()
+    lines = [f"study {spec.name} ({study_dir})"]
+    n_cfg, n_runs = spec.n_trials, spec.n_trials * len(seeds)
+    if runs.empty:
+        return "\n".join(
+            [*lines, f"  no run finished yet (0/{n_cfg} configurations, 0/{n_runs} runs)"]
+        )
+    runs, _ = prepare_runs(runs)
+    ok = runs[runs["status"] == "ok"]
+    per_cfg = ok.groupby("config_hash")["seed"].agg(lambda s: set(s) >= set(seeds))
+    lines.append(
+        f"  configurations: {int(per_cfg.sum())}/{n_cfg} done with every seed "
+        f"({runs['config_hash'].nunique()} started)"
+    )
+    lines.append(
+        f"  runs: {len(runs)}/{n_runs} (config x seed): {len(ok)} ok, {len(runs) - len(ok)} failed"
+    )
+    failed = runs[runs["status"] != "ok"].sort_values(["config_hash", "seed"])
+    for _, r in failed.iloc[:MAX_STATUS_FAILURES].iterrows():
+        err = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
+        label = config_label(str(r["loss"]), config_params(r, str(r["loss"])))
+        lines.append(f"    FAILED {str(r['config_hash'])[:8]} {label} seed {r['seed']}: {err[0]}")
+    if len(failed) > MAX_STATUS_FAILURES:
+        lines.append(f"    ... and {len(failed) - MAX_STATUS_FAILURES} more failed run(s)")
+    lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
+    lines += _best_lines(ok, spec.search.parsed_objectives)
+    return "\n".join(lines)
+
+
+def _best_lines(ok: pd.DataFrame, objectives: Sequence[Objective]) -> list[str]:
+    out = []
+    for o in objectives:
+        means = ok.groupby("config_hash")[o.metric].mean().dropna() if o.metric in ok else None
+        if means is None or means.empty:
+            out.append(f"    {o.metric} ({o.direction}): no value yet")
+            continue
+        best = means.idxmax() if o.direction == "max" else means.idxmin()
+        rows = ok[ok["config_hash"] == best]
+        label = config_label(
+            str(rows["loss"].iloc[0]), config_params(rows.iloc[0], str(rows["loss"].iloc[0]))
+        )
+        out.append(
+            f"    {o.metric} ({o.direction}): {means[best]:.2f}  {label} "
+            f"[{str(best)[:8]}, {len(rows)} seed(s)]"
+        )
+    return out
+
+
+__all__ = ["REPORT_FILE", "status_text", "write_report"]

@@ -1,0 +1,298 @@
+"""Markdown sections of a study report: summary, front, domination, ablation, failures.
+
+Every function returns Markdown text; :mod:`ltsearch.report` puts the sections together.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ltmodels.losses import LOSSES
+from ltsearch.pareto import hypervolume, prob_dominates
+from ltsearch.report_plots import front_xy
+from ltsearch.report_tables import (
+    PARAM_PREFIX,
+    Summary,
+    config_label,
+    config_params,
+    fmt,
+    front_md,
+    md_table,
+    signed,
+)
+from ltsearch.spec import StudySpec
+from ltsearch.spec_points import point_loss
+from ltsearch.spec_sections import METRIC_NAMES
+
+REPORT_DIR = "report"
+TOP_DOMINATION = 6
+FRONT_ROWS = 30
+MAX_HV_OBJECTIVES = 4
+
+
+def hv_reference(directions: Sequence[str]) -> list[float]:
+    """The hypervolume reference point: the worst possible AP per objective (0 % when
+    maximised, 100 % when minimised), fixed so that studies can be compared."""
+    return [0.0 if d == "max" else 100.0 for d in directions]
+
+
+def front_section(summary: Summary) -> str:
+    """Front table, its size and hypervolume (with the reference point stated)."""
+    objs, c = summary.objectives, summary.configs
+    dirs = [o.direction for o in objs]
+    names = ", ".join(f"{o.metric} ({o.direction})" for o in objs)
+    lines = [
+        f"Objectives: {names}. Means over each configuration's ok seeds, 95% percentile-"
+        "bootstrap interval over seeds in brackets; rank 1 is the non-dominated front, "
+        "\u2014 means an objective is undefined (NaN)."
+    ]
+    if objs and len(objs) <= MAX_HV_OBJECTIVES:
+        ref = hv_reference(dirs)
+        hv = hypervolume(c[[f"{o.metric}.mean" for o in objs]].to_numpy(float), dirs, ref)
+        lines.append(
+            f"Front: {int(c['front'].sum())} of {len(c)} configurations. Hypervolume of the "
+            f"mean points: **{hv:.2f}** (AP units^{len(objs)}), reference point "
+            f"({', '.join(fmt(r) for r in ref)}): the worst possible value of each objective."
+        )
+    more = f" (first {FRONT_ROWS} of {len(c)}; all in `{REPORT_DIR}/configs.csv`)"
+    lines.append(f"Configurations by Pareto rank{more if len(c) > FRONT_ROWS else ''}:")
+    return "\n\n".join([*lines, front_md(summary, FRONT_ROWS)])
+
+
+def domination_md(runs: pd.DataFrame, summary: Summary, k: int = TOP_DOMINATION) -> str:
+    """P(row dominates column) for the ``k`` best configurations, bootstrapped over seeds."""
+    objs = summary.objectives
+    top = summary.configs.iloc[:k]
+    if len(top) < 2 or not objs:
+        return "Fewer than two configurations with results: nothing to compare."
+    cols, dirs = [o.metric for o in objs], [o.direction for o in objs]
+    hashes = list(top["config_hash"])
+    ok = runs[(runs["status"] == "ok") & runs["config_hash"].isin(hashes)]
+    samples = {h: g[cols].to_numpy(float) for h, g in ok.groupby("config_hash")}
+    rows = []
+    for a, label in zip(hashes, top["label"], strict=True):
+        cells = [
+            "\u2014" if a == b else fmt(prob_dominates(samples[a], samples[b], dirs), 2)
+            for b in hashes
+        ]
+        rows.append([f"{a[:8]} {label}", *cells])
+    note = (
+        f"Probability that the row's configuration dominates the column's on "
+        f"({', '.join(cols)}): the share of 2000 bootstrap resamplings of each one's seeds "
+        "whose mean vectors dominate. One seed gives 0 or 1 (no spread to resample)."
+    )
+    return note + "\n\n" + md_table(["row \u2192 column", *[h[:8] for h in hashes]], rows)
+
+
+def compare_md(
+    studies: Sequence[tuple[str, pd.DataFrame]], x: str, y: str, dirs: Sequence[str]
+) -> str:
+    """One row per study: configurations, (x, y) front size, hypervolume, best x and y."""
+    rows = []
+    for name, configs in studies:
+        have, front = front_xy(configs, x, y, dirs)
+        values = have[[f"{x}.mean", f"{y}.mean"]].to_numpy(float)
+        hv = hypervolume(values.reshape(-1, 2), dirs, hv_reference(dirs))
+        best = [
+            fmt(have[f"{m}.mean"].max() if d == "max" else have[f"{m}.mean"].min())
+            if len(have)
+            else "\u2014"
+            for m, d in zip((x, y), dirs, strict=True)
+        ]
+        rows.append([name, len(configs), len(front), f"{hv:.2f}", *best])
+    ref = ", ".join(fmt(r) for r in hv_reference(dirs))
+    header = ["study", "configurations", "front size", "hypervolume", f"best {x}", f"best {y}"]
+    return (
+        f"Fronts in ({x}, {y}); hypervolume with reference point ({ref}), the same for "
+        "every study.\n\n" + md_table(header, rows)
+    )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
+
+
+def _wall(runs: pd.DataFrame) -> str:
+    """``first start -> last finish (span); run time summed (train, eval)``."""
+    parts = []
+    if {"started_at", "finished_at"} <= set(runs.columns):
+        start = pd.to_datetime(runs["started_at"], utc=True, errors="coerce", format="ISO8601")
+        end = pd.to_datetime(runs["finished_at"], utc=True, errors="coerce", format="ISO8601")
+        if start.notna().any() and end.notna().any():
+            t0, t1 = start.min(), end.max()
+            parts.append(
+                f"{t0:%Y-%m-%d %H:%M} \u2192 {t1:%Y-%m-%d %H:%M} UTC "
+                f"({_hms((t1 - t0).total_seconds())})"
+            )
+    sums = [
+        (k, runs[f"time_{k}_s"].sum()) for k in ("total", "train", "eval") if f"time_{k}_s" in runs
+    ]
+    if sums:
+        detail = ", ".join(f"{k} {_hms(v)}" for k, v in sums[1:])
+        parts.append(f"run time summed {_hms(sums[0][1])}" + (f" ({detail})" if detail else ""))
+    return "; ".join(parts) or "no timings recorded"
+
+
+def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: float) -> str:
+    """Study summary: data, losses, budget against progress, seeds, wall time, units."""
+    seeds = spec.search.seeds
+    ok = runs[runs["status"] == "ok"] if not runs.empty else runs
+    n_ok = ok["config_hash"].nunique() if not ok.empty else 0
+    started = runs["config_hash"].nunique() if not runs.empty else 0
+    ds = spec.dataset
+    data = "embedded synthetic long-tail dataset" if ds.kind == "synthetic" else f"LVIS ({ds.val})"
+    losses = ", ".join(o.name for o in spec.loss.options)
+    units = "stored as lvis-api fractions, shown \u00d7100" if scale == 100.0 else "stored in %"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"Generated {now} from the parquet parts in `{study_dir}/trials/` (a running study "
+        "shows the runs finished so far).",
+        "",
+        f"- data: {data}; losses: {losses}; sampler: {spec.search.sampler}",
+        f"- configurations: {n_ok} with an ok run, {started} started, {spec.n_trials} planned",
+        f"- runs (configuration \u00d7 seed): {len(ok)} ok, {len(runs) - len(ok)} failed, "
+        f"{spec.n_trials * len(seeds)} planned; seeds {seeds}",
+        f"- wall time: {_wall(runs) if not runs.empty else 'nothing run yet'}",
+        f"- AP values in % ({units}); an undefined metric (lvis-api's -1) shows as \u2014",
+    ]
+    return "## Summary\n\n" + "\n".join(lines)
+
+
+def failures_md(runs: pd.DataFrame, limit: int = 50) -> str:
+    """Failed runs with the first line of their error (not plotted, not ranked)."""
+    failed = runs[runs["status"] != "ok"] if not runs.empty else runs
+    if failed.empty:
+        return ""
+    rows = []
+    for _, r in failed.sort_values(["config_hash", "seed"]).iloc[:limit].iterrows():
+        lines = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
+        loss = str(r["loss"])
+        label = config_label(loss, config_params(r, loss))
+        rows.append([str(r["config_hash"])[:8], label, int(r["seed"]), lines[0]])
+    more = f" (first {limit})" if len(failed) > limit else ""
+    return (
+        f"## Failed runs\n\n{len(failed)} failed run(s){more}; full tracebacks are in the "
+        "`error` column.\n\n" + md_table(["config", "configuration", "seed", "error"], rows)
+    )
+
+
+def _same(a: Any, b: Any) -> bool:
+    numeric = (int, float, np.integer, np.floating)
+    if isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, (bool, np.bool_)):
+        return not isinstance(b, (bool, np.bool_)) and math.isclose(
+            float(a), float(b), rel_tol=1e-6, abs_tol=1e-9
+        )
+    return bool(a == b)
+
+
+def match_reference(spec: StudySpec, configs: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
+    """The configurations a reference row names: its loss, and its parameter values
+    (floats within 1e-6; a parameter the run did not record counts as its default)."""
+    loss = point_loss(row, spec.loss, ["reference"])
+    hit = configs[configs["loss"] == loss] if not configs.empty else configs
+    domains = LOSSES[loss].params
+    for key, want in row.items():
+        if key == "loss" or key in METRIC_NAMES or hit.empty:
+            continue
+        col = f"{PARAM_PREFIX}{loss}.{key}"
+        default = domains[key].default if key in domains else None
+        have = hit[col] if col in hit else pd.Series(default, index=hit.index, dtype=object)
+        have = have.where(have.notna(), default) if default is not None else have
+        hit = hit[[_same(v, want) for v in have]]
+    return hit
+
+
+def ablation_md(spec: StudySpec, summary: Summary) -> str:
+    """Each reference row next to the matching configuration: ``paper | ours (Δ)`` per
+    metric the row gives. Several matches: the one with most seeds, then best ranked."""
+    ref = spec.reference
+    if ref is None:
+        return ""
+    metrics = [m for m in METRIC_NAMES if any(m in r for r in ref.rows)]
+    header = ["reference", "matched config", "seeds"]
+    header += [f"{m} paper | ours (\u0394)" for m in metrics]
+    rows = []
+    for row in ref.rows:
+        name = config_label(
+            point_loss(row, spec.loss, ["reference"]),
+            {k: v for k, v in row.items() if k != "loss" and k not in METRIC_NAMES},
+        )
+        hit = match_reference(spec, summary.configs, row)
+        best = hit.sort_values("n", ascending=False, kind="stable").iloc[0] if len(hit) else None
+        cells = []
+        for m in metrics:
+            paper = row.get(m)
+            ours = np.nan if best is None else best.get(f"{ref.metric_kind}/{m}.mean", np.nan)
+            if paper is None:
+                cells.append(f"\u2014 | {fmt(ours)}")
+            elif pd.isna(ours):
+                cells.append(f"{fmt(paper)} | \u2014")
+            else:
+                cells.append(f"{fmt(paper)} | {fmt(ours)} ({signed(float(ours) - paper)})")
+        match = "none yet" if best is None else f"{str(best['config_hash'])[:8]} {best['label']}"
+        if len(hit) > 1:
+            match += f" (1 of {len(hit)} matches)"
+        rows.append([name, match, 0 if best is None else int(best["n"]), *cells])
+    return md_table(header, rows)
+
+
+def ablation_section(spec: StudySpec, summary: Summary) -> str:
+    """The reference comparison with a note on what agreement to expect."""
+    ref = spec.reference
+    assert ref is not None
+    if spec.dataset.kind == "synthetic":
+        note = (
+            "This study runs on the embedded synthetic dataset: its numbers are not expected "
+            "to match the paper's LVIS numbers in absolute terms; compare the trends across "
+            "rows."
+        )
+    else:
+        note = (
+            "Differences also come from schedule, seeds and implementation details; papers "
+            "usually report one run."
+        )
+    return (
+        f"## Ablation: {ref.source} ({ref.metric_kind})\n\nEach reference row next to the "
+        "configuration with the same loss and parameter values (floats within 1e-6): "
+        f"paper | ours (ours \u2212 paper). {note}\n\n" + ablation_md(spec, summary)
+    )
+
+
+def reading_md(study_dir: Path) -> str:
+    """Where the parquet lives, and how to read it with pandas or duckdb."""
+    d = str(Path(study_dir).resolve())
+    return f"""## Reading the results
+
+One row per (configuration, seed) is a parquet part in `{d}/trials/` (per-epoch history in
+`epochs/`, per-category AP with frequency group in `categories/`; columns in `ltsearch.store`).
+Parts may differ in columns (each loss has its own `param.<loss>.<name>`), so read them by
+name. Values there are as the runs stored them (lvis-api's -1 = undefined).
+
+```python
+from ltsearch.store import ResultStore
+df = ResultStore("{d}").load_trials()  # pandas, union of the parts' columns
+df[df.status == "ok"].groupby("config_hash")[["bbox/APr", "bbox/APf"]].agg(["mean", "std"])
+```
+
+```python
+import duckdb
+parts = "{d}/trials/*.parquet"
+duckdb.sql(f\"\"\"SELECT loss, avg("bbox/APr") AS apr
+  FROM read_parquet('{{parts}}', union_by_name=true)
+  WHERE status = 'ok' GROUP BY loss\"\"\").df()
+```"""
+
+
+__all__ = [
+    "REPORT_DIR", "ablation_md", "ablation_section", "compare_md", "domination_md",
+    "failures_md", "front_section", "hv_reference", "match_reference", "reading_md",
+    "summary_md",
+]  # fmt: skip

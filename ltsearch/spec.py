@@ -1,0 +1,327 @@
+"""Study specs: the YAML a user writes, validated into a :class:`StudySpec`.
+
+Sections (see ``studies/*.yaml`` for complete examples)::
+
+    name: acsl-xi                     # slug: names the results directory <storage>/<name>
+    description: ...                  # optional
+    dataset: {kind: synthetic, classes: 40}           # or {kind: lvis, train, val, images}
+    model: {backbone: resnet50_fpn, masks: true}      # ltmodels.detector.ModelSpec overrides
+    training: {schedule: end_to_end, epochs: 12, lr: 0.02, sampler: rfs}
+    loss: {name: acsl, params: {xi: {uniform: [0.0, 1.0]}}}      # or {choice: [...]}
+    search: {sampler: tpe, objectives: [bbox/APr:max, bbox/APf:max], trials: 20, seeds: [0, 1]}
+    resources: {workers: 1, gpus_per_worker: 0, max_concurrent_trials: 1}
+    storage: runs                     # root directory; the study writes to <storage>/<name>
+    reference: {source: ACSL Table 2, rows: [{xi: 0.7, APr: 18.6, APf: 29.4}]}
+    smoke: {search: {trials: 3}}      # extra overrides for --smoke (see StudySpec.smoked)
+
+Every error is a :class:`~ltsearch.errors.SpecError` whose ``str`` is one line:
+``<file>: <key.path>: <what is wrong>; <what is allowed / the fix>``. Loading checks the
+file's syntax and values only; dataset paths are checked by :meth:`StudySpec.check_data`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from ltmodels.losses import LOSSES
+from ltsearch.errors import SpecError
+from ltsearch.spec_io import from_validation_error, parse_yaml
+from ltsearch.spec_loss import LossSpec, Strict
+from ltsearch.spec_points import check_point, check_reference_row, param_key
+from ltsearch.spec_sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
+from ltsearch.spec_training import TrainingSpec
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+
+# The built-in --smoke policy (StudySpec.smoked): tiny data, tiny model, few short trials.
+SMOKE_DATASET: dict[str, Any] = {
+    "kind": "synthetic", "classes": 8, "train_images": 16, "val_images": 8, "image_size": 128,
+}  # fmt: skip
+SMOKE_RESOURCES: dict[str, Any] = {
+    "workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1,
+}  # fmt: skip
+SMOKE_MODEL_KEEP = ("masks", "cls_head", "cosine_scale", "box_loss")
+SMOKE_TRIALS = 2
+SMOKE_MAX_BATCH = 4
+SMOKE_MAX_WARMUP = 10
+
+
+class StudySpec(Strict):
+    """A validated study. Treat as immutable: derive variants with :meth:`with_overrides`
+    and :meth:`smoked`."""
+
+    name: str
+    description: str | None = None
+    dataset: DatasetSpec
+    model: ModelSection = ModelSection()
+    training: TrainingSpec = TrainingSpec()
+    loss: LossSpec
+    search: SearchSpec = SearchSpec()
+    resources: Resources = Resources()
+    storage: str = Field("runs", min_length=1)
+    reference: Reference | None = None
+    smoke: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, value: str) -> str:
+        if not SLUG.match(value):
+            raise SpecError(
+                f"{value!r} is not a slug; use lowercase letters, digits, '.', '_' or '-' "
+                "(it names the results directory)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StudySpec:
+        if self.model.masks is False:
+            for i, obj in enumerate(self.search.parsed_objectives):
+                if obj.metric.startswith("segm/"):
+                    raise SpecError(
+                        "segm metrics need masks; use a bbox metric or set model.masks: true",
+                        path=["search", "objectives", i],
+                    )
+        self._check_trials()
+        for i, point in enumerate(self.search.initial_points):
+            check_point(point, self.loss, ["search", "initial_points", i])
+        if self.reference is not None:
+            for i, row in enumerate(self.reference.rows):
+                check_reference_row(row, self.loss, ["reference", "rows", i])
+        if self.smoke is not None:
+            try:
+                StudySpec.model_validate(self._smoked_raw())
+            except ValidationError as exc:
+                raise from_validation_error(exc).located(prefix=["smoke"]) from None
+        return self
+
+    def _check_trials(self) -> None:
+        search = self.search
+        if search.sampler != "grid":
+            if search.trials is None:
+                raise SpecError(
+                    f"missing; sampler {search.sampler} needs a budget, e.g. trials: 20",
+                    path=["search", "trials"],
+                )
+            return
+        for i, opt in enumerate(self.loss.options):
+            for pname, space in opt.params.items():
+                if space.choices() is None:
+                    raise SpecError(
+                        f"sampler grid needs a value, grid or categorical here, not {space.kind}; "
+                        "list the values to try",
+                        path=["loss", *self.loss.path(i), "params", pname, space.kind],
+                    )
+        if search.trials is not None and search.trials > self.grid_size:
+            raise SpecError(
+                f"{search.trials} exceeds the {self.grid_size} grid points; lower it or omit it",
+                path=["search", "trials"],
+            )
+
+    @property
+    def grid_size(self) -> int:
+        """Number of grid points (0 when some parameter is a range)."""
+        total = 0
+        for opt in self.loss.options:
+            sizes = [space.choices() for space in opt.params.values()]
+            if any(s is None for s in sizes):
+                return 0
+            total += math.prod(len(s or ()) for s in sizes)
+        return total
+
+    @property
+    def n_trials(self) -> int:
+        """Configurations to try (each runs once per seed)."""
+        return self.search.trials if self.search.trials is not None else self.grid_size
+
+    @property
+    def study_dir(self) -> Path:
+        """Where this study's results live: ``<storage>/<name>``."""
+        return Path(self.storage).expanduser() / self.name
+
+    def check_data(self) -> None:
+        """Check that the dataset's files exist (``validate --check-data``)."""
+        self.dataset.check_paths()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data, keys as written in YAML; ``spec_from_dict`` round-trips it."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+    def with_overrides(
+        self, *, storage: str | Path | None = None, dataset: Mapping[str, Any] | None = None
+    ) -> StudySpec:
+        """A copy with ``storage`` and/or ``dataset`` (a dataset section mapping) replaced."""
+        raw = self.to_dict()
+        if storage is not None:
+            raw["storage"] = str(storage)
+        if dataset is not None:
+            raw["dataset"] = dict(dataset)
+        return spec_from_dict(raw)
+
+    def smoked(self) -> StudySpec:
+        """The ``--smoke`` variant: the built-in policy, then the study's ``smoke`` block.
+
+        Policy: name ``<name>-smoke`` (its own results directory), the tiny synthetic
+        dataset (:data:`SMOKE_DATASET`), backbone ``tiny`` (size, proposal and weight
+        overrides dropped), one CPU worker per trial and one trial at a time
+        (:data:`SMOKE_RESOURCES`), 1 epoch per stage, batch size <= 4, warm-up <= 10 iterations,
+        at most 2 trials and the first seed only. The ``smoke`` block is then merged key by
+        key (a ``dataset`` in it replaces the dataset section whole).
+        """
+        return spec_from_dict(self._smoked_raw())
+
+    def _smoked_raw(self) -> dict[str, Any]:
+        raw = self.to_dict()
+        raw.pop("smoke", None)
+        raw["name"] = f"{self.name}-smoke"
+        raw["dataset"] = dict(SMOKE_DATASET)
+        model = {k: v for k, v in raw.get("model", {}).items() if k in SMOKE_MODEL_KEEP}
+        raw["model"] = {**model, "backbone": "tiny"}
+        t = self.training
+        training = raw.setdefault("training", {})
+        if t.schedule == "end_to_end":
+            pairs = [(training, t)]
+        else:
+            pairs = [(training[key], getattr(t, key)) for key in ("stage1", "stage2")]
+        for raw_stage, stage in pairs:
+            raw_stage["epochs"] = 1
+            raw_stage["batch_size"] = min(stage.batch_size, SMOKE_MAX_BATCH)
+            raw_stage["warmup_iters"] = min(stage.warmup_iters, SMOKE_MAX_WARMUP)
+        raw["resources"] = dict(SMOKE_RESOURCES)
+        search = raw.setdefault("search", {})
+        trials = min(self.n_trials, SMOKE_TRIALS)
+        search["trials"] = trials
+        search["seeds"] = self.search.seeds[:1]
+        search["initial_points"] = search.get("initial_points", [])[:trials]
+        return _deep_merge(raw, self.smoke or {})
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if key != "dataset" and isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def spec_from_dict(data: Any, *, file: str | None = None) -> StudySpec:
+    """Validate already-parsed YAML data; errors raise :class:`SpecError` naming ``file``."""
+    if data is None:
+        raise SpecError(
+            "the spec is empty; a study needs at least name, dataset and loss", file=file
+        )
+    if not isinstance(data, Mapping):
+        raise SpecError(
+            f"the top level is a {type(data).__name__}; expected a mapping of study keys "
+            f"({', '.join(StudySpec.model_fields)})",
+            file=file,
+        )
+    try:
+        return StudySpec.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc, file) from None
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read and validate a study YAML file.
+
+    Raises:
+        SpecError: missing or unreadable file, YAML syntax error (with its line), a tag
+            other than plain data (e.g. ``!!python/object``), duplicate keys, a non-mapping
+            top level, or any invalid key or value (with its key path).
+    """
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("file not found; check the path", file=file) from None
+    except IsADirectoryError:
+        raise SpecError("is a directory; give the study's YAML file", file=file) from None
+    except UnicodeDecodeError:
+        raise SpecError("is not UTF-8 text; save the study as UTF-8 YAML", file=file) from None
+    except OSError as exc:
+        raise SpecError(f"cannot be read ({exc.strerror}); check it", file=file) from None
+    return spec_from_dict(parse_yaml(text, file), file=file)
+
+
+def split_params(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Flat params ``{"loss": "acsl", "acsl.xi": 0.7}`` -> ``("acsl", {"xi": 0.7})``.
+
+    Raises:
+        ValueError: no ``loss`` key, or a key of another loss (a bug in the caller).
+    """
+    if "loss" not in params:
+        raise ValueError(f"flat params need a 'loss' key, got {sorted(params)}")
+    loss = str(params["loss"])
+    out = {}
+    for key, value in params.items():
+        if key == "loss":
+            continue
+        prefix, dot, name = key.partition(".")
+        if prefix != loss or not dot:
+            raise ValueError(f"parameter {key!r} does not belong to loss {loss!r}")
+        out[name] = value
+    return loss, out
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
+    """Stable 16-hex hash of one configuration: loss, parameters, training, model, dataset.
+
+    ``params`` are flat (``{"loss": "acsl", "acsl.xi": 0.7}``). The loss's fixed parameters
+    from the spec and its defaults fill in what ``params`` omits, and values are coerced
+    to their types, so ``xi: 1`` and ``xi: 1.0`` (and an omitted default) hash alike.
+    Seeds, search and resources are not part of it.
+    """
+    loss, given = split_params(params)
+    domains = LOSSES[loss].params
+    try:
+        fixed = spec.loss.option(loss).fixed()
+    except KeyError:
+        fixed = {}
+    merged = {**fixed, **given}
+    full = {k: p.default for k, p in domains.items()}
+    full.update({k: domains[k].check(loss, k, v) for k, v in merged.items()})
+    return _digest(
+        {
+            "loss": loss,
+            "loss_params": full,
+            "training": spec.training.effective(),
+            "model": spec.model.overrides(),
+            "dataset": spec.dataset.model_dump(mode="json"),
+        }
+    )
+
+
+def stage1_hash(spec: StudySpec) -> str | None:
+    """Hash of what stage 1 trains (stage 1, model, dataset); None for end_to_end."""
+    if spec.training.stage1 is None:
+        return None
+    return _digest(
+        {
+            "stage1": spec.training.stage1.model_dump(mode="json"),
+            "model": spec.model.overrides(),
+            "dataset": spec.dataset.model_dump(mode="json"),
+        }
+    )
+
+
+__all__ = [
+    "SMOKE_DATASET", "StudySpec", "check_reference_row", "config_hash", "load_spec", "param_key",
+    "spec_from_dict",
+    "split_params", "stage1_hash",
+]  # fmt: skip

@@ -1,0 +1,224 @@
+"""Sections of a study spec: dataset, model, search, resources, reference.
+
+``loss`` is in :mod:`ltsearch.spec_loss`, ``training`` in :mod:`ltsearch.spec_training`.
+
+Each is a pydantic model with unknown keys forbidden; cross-section checks (objectives vs
+masks, grid sampler vs loss spaces, initial points) live in :mod:`ltsearch.spec`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+
+from pydantic import Field, StrictBool, field_validator, model_validator
+
+from ltsearch.errors import SpecError
+from ltsearch.spec_loss import Strict
+
+METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
+METRICS = tuple(f"{kind}/{m}" for kind in ("bbox", "segm") for m in METRIC_NAMES)
+
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Path_ = Annotated[str, Field(min_length=1)]
+
+
+class SyntheticData(Strict):
+    """The embedded synthetic long-tail dataset; ``None`` keeps the package default."""
+
+    kind: Literal["synthetic"]
+    classes: PosInt | None = None
+    train_images: PosInt | None = None
+    val_images: PosInt | None = None
+    image_size: Annotated[int, Field(ge=32)] | None = None
+    seed: int | None = None
+
+    def synth_kwargs(self) -> dict[str, int]:
+        """Keyword arguments of ``ltmodels.data.synthetic.SynthConfig`` (``classes`` is
+        ``num_classes`` there)."""
+        out = self.model_dump(exclude={"kind"}, exclude_none=True)
+        if "classes" in out:
+            out["num_classes"] = out.pop("classes")
+        return out
+
+    def check_paths(self) -> None:
+        """Nothing to check: the synthetic dataset is generated."""
+
+
+class LvisData(Strict):
+    """An LVIS-format dataset. Paths are not checked when a spec loads (a study is often
+    written on a laptop for a cluster's paths): :meth:`check_paths` does, on request
+    (``ltsearch validate --check-data``). Relative paths are relative to the working
+    directory where ``ltsearch`` runs. ``train_images``/``val_images`` default to
+    ``images`` (COCO's layout: one root holding both splits' files)."""
+
+    kind: Literal["lvis"]
+    train: Path_
+    val: Path_
+    images: Path_
+    train_images: Path_ | None = None
+    val_images: Path_ | None = None
+    version: Literal["auto", "v0.5", "v1"] = "auto"
+
+    def check_paths(self) -> None:
+        """Raise :class:`SpecError` (path ``dataset.<key>``) for the first missing path."""
+        for key in ("train", "val", "images", "train_images", "val_images"):
+            value = getattr(self, key)
+            if value is None:
+                continue
+            p = Path(value).expanduser()
+            ok = p.is_file() if key in ("train", "val") else p.is_dir()
+            if not ok:
+                what = "annotation file" if key in ("train", "val") else "image directory"
+                raise SpecError(
+                    f"{what} {value!r} does not exist (from {Path.cwd()}); fix the path",
+                    path=["dataset", key],
+                )
+
+
+DatasetSpec = Annotated[SyntheticData | LvisData, Field(discriminator="kind")]
+
+
+class ModelSection(Strict):
+    """Overrides of :class:`ltmodels.detector.ModelSpec` (``None`` keeps its default);
+    :meth:`overrides` gives them as keyword arguments. ``min_size`` is one size or a list
+    (multi-scale training; inference uses the last)."""
+
+    backbone: Literal["tiny", "resnet18_fpn", "resnet50_fpn", "resnet101_fpn"] | None = None
+    masks: StrictBool | None = None
+    min_size: list[PosInt] | None = Field(default=None, min_length=1)
+    max_size: PosInt | None = None
+    rpn_pre_nms_top_n_train: PosInt | None = None
+    rpn_pre_nms_top_n_test: PosInt | None = None
+    rpn_post_nms_top_n_train: PosInt | None = None
+    rpn_post_nms_top_n_test: PosInt | None = None
+    box_batch_size_per_image: PosInt | None = None
+    box_positive_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
+    box_score_thresh: Annotated[float, Field(ge=0, lt=1)] | None = None
+    box_detections_per_img: PosInt | None = None
+    cls_head: Literal["auto", "linear", "cosine"] | None = None
+    cosine_scale: PosFloat | None = None
+    box_loss: Literal["smooth_l1", "giou"] | None = None
+    trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] | None = None
+    norm: Literal["bn", "frozen_bn", "gn"] | None = None
+    backbone_weights: Path_ | None = None
+
+    @field_validator("min_size", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return [value] if isinstance(value, (int, float, str)) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSection:
+        sizes = self.min_size or []
+        if self.max_size is not None and any(s > self.max_size for s in sizes):
+            raise SpecError(f"exceeds max_size {self.max_size}; lower it", path=["min_size"])
+        if self.norm == "frozen_bn" and self.backbone_weights is None:
+            raise SpecError(
+                "frozen_bn needs backbone_weights (frozen statistics of an untrained network do "
+                "not normalise); use gn or bn, or give backbone_weights",
+                path=["norm"],
+            )
+        if self.backbone_weights is not None and self.backbone == "tiny":
+            raise SpecError(
+                "applies to ResNet backbones only; remove it", path=["backbone_weights"]
+            )
+        return self
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys set, as ``ModelSpec`` keyword arguments (``min_size``: an int, or a tuple
+        of sizes for multi-scale training)."""
+        out = self.model_dump(exclude_none=True)
+        if "min_size" in out:
+            sizes = out["min_size"]
+            out["min_size"] = sizes[0] if len(sizes) == 1 else tuple(sizes)
+        return out
+
+
+class Objective(NamedTuple):
+    metric: str
+    direction: str
+
+
+class SearchSpec(Strict):
+    """How the search runs. ``trials`` counts configurations (each runs once per seed);
+    it defaults to the number of grid points under the grid sampler."""
+
+    sampler: Literal["tpe", "nsga2", "grid", "random"] = "tpe"
+    objectives: list[str] = Field(default_factory=lambda: ["bbox/APr:max", "bbox/APf:max"])
+    trials: PosInt | None = None
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
+    seed: int = 0
+    initial_points: list[dict[str, Any]] = Field(default_factory=list)
+    population_size: Annotated[int, Field(ge=2)] | None = None
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise SpecError("is empty; list at least one, e.g. [bbox/APr:max, bbox/APf:max]")
+        out = []
+        for i, text in enumerate(value):
+            metric, _, direction = str(text).partition(":")
+            direction = direction or "max"
+            if metric not in METRICS:
+                raise SpecError(
+                    f"unknown metric {metric!r}; known: {', '.join(METRICS)}", path=[i]
+                )
+            if direction not in ("max", "min"):
+                raise SpecError(f"direction {direction!r} is invalid; use max or min", path=[i])
+            out.append(f"{metric}:{direction}")
+        if len({o.split(":")[0] for o in out}) != len(out):
+            raise SpecError("a metric is listed twice; list each once")
+        return out
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, value: list[int]) -> list[int]:
+        if len(set(value)) != len(value):
+            raise SpecError("a seed is listed twice; list each once")
+        return value
+
+    @model_validator(mode="after")
+    def _population(self) -> SearchSpec:
+        if self.population_size is not None and self.sampler != "nsga2":
+            raise SpecError("applies to sampler: nsga2 only; remove it", path=["population_size"])
+        return self
+
+    @property
+    def parsed_objectives(self) -> list[Objective]:
+        return [Objective(*o.split(":")) for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.parsed_objectives]
+
+    @property
+    def directions(self) -> list[str]:
+        """``"maximize"``/``"minimize"`` per objective, as Optuna spells them."""
+        return [o.direction + "imize" for o in self.parsed_objectives]
+
+
+class Resources(Strict):
+    """Per trial: ``workers`` DDP workers of ``cpus_per_worker``/``gpus_per_worker`` each."""
+
+    workers: PosInt = 1
+    cpus_per_worker: PosFloat = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    max_concurrent_trials: PosInt = 1
+
+
+class Reference(Strict):
+    """Published numbers to compare against: each row holds parameter values (plus
+    ``loss`` when the study searches several) and some of ``AP, AP50, ..., APf``."""
+
+    source: Annotated[str, Field(min_length=1)]
+    metric_kind: Literal["bbox", "segm"] = "bbox"
+    rows: list[dict[str, Any]] = Field(min_length=1)
+
+
+__all__ = [
+    "METRICS", "METRIC_NAMES", "DatasetSpec", "LvisData", "ModelSection", "Objective",
+    "PosFloat", "PosInt", "Reference", "Resources", "SearchSpec", "SyntheticData",
+]  # fmt: skip

@@ -1,0 +1,163 @@
+"""The ``training`` section of a study spec: the schedule and each stage's optimisation.
+
+``end_to_end`` trains the whole detector with the trial's loss, using the optimisation keys
+at the top of the section. ``decoupled`` trains ``stage1`` once per study (a baseline with
+its own loss) and fine-tunes the parts ``stage2.finetune`` names with the trial's loss;
+its optimisation keys live in the two stages only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Field, StrictBool, model_validator
+
+from ltmodels.errors import ConfigError
+from ltmodels.losses import LOSSES
+from ltsearch.errors import SpecError
+from ltsearch.spec_loss import Strict
+from ltsearch.spec_sections import PosFloat, PosInt
+
+FinetunePart = Literal["box_predictor", "box_head", "rpn", "mask_head", "backbone"]
+FINETUNE_PARTS: tuple[str, ...] = get_args(FinetunePart)
+
+OPTIM_KEYS = (
+    "epochs", "lr", "batch_size", "sampler", "rfs_threshold", "warmup_iters", "momentum",
+    "weight_decay", "max_norm",
+)  # fmt: skip
+
+
+class Optim(Strict):
+    """How one training stage optimises (``batch_size`` is the total over all workers)."""
+
+    epochs: PosInt = 12
+    lr: PosFloat = 0.02
+    batch_size: PosInt = 16
+    sampler: Literal["random", "rfs"] = "random"
+    rfs_threshold: Annotated[float, Field(gt=0, le=1)] = 1e-3
+    warmup_iters: Annotated[int, Field(ge=0)] = 500
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    max_norm: PosFloat | None = None
+
+    @model_validator(mode="after")
+    def _rfs(self) -> Optim:
+        if "rfs_threshold" in self.model_fields_set and self.sampler != "rfs":
+            raise SpecError(
+                "applies to sampler: rfs only; set sampler: rfs or remove it",
+                path=["rfs_threshold"],
+            )
+        return self
+
+    def optim(self) -> dict[str, Any]:
+        """These settings as ``ltmodels.trial.StageConfig`` keyword arguments."""
+        return {k: getattr(self, k) for k in OPTIM_KEYS}
+
+
+class Stage1(Optim):
+    """Stage 1 of a decoupled schedule: the baseline every trial fine-tunes from."""
+
+    loss: str = "ce"
+    loss_params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _loss(self) -> Stage1:
+        if self.loss not in LOSSES:
+            raise SpecError(
+                f"unknown loss {self.loss!r}; valid losses: {', '.join(sorted(LOSSES))}",
+                path=["loss"],
+            )
+        domains = LOSSES[self.loss].params
+        checked = {}
+        for k, v in self.loss_params.items():
+            if k not in domains:
+                raise SpecError(
+                    f"unknown parameter of loss {self.loss!r}; valid: {', '.join(domains)}",
+                    path=["loss_params", k],
+                )
+            try:
+                checked[k] = domains[k].check(self.loss, k, v)
+            except ConfigError as exc:
+                raise SpecError(str(exc), path=["loss_params", k]) from None
+        self.loss_params = checked
+        return self
+
+
+def _predictor_only() -> list[FinetunePart]:
+    return ["box_predictor"]
+
+
+class Stage2(Optim):
+    """Stage 2 of a decoupled schedule: fine-tunes ``finetune`` with the trial's loss.
+    ``use_feature_cache`` defaults to true exactly when only the box predictor trains."""
+
+    finetune: list[FinetunePart] = Field(default_factory=_predictor_only, min_length=1)
+    use_feature_cache: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _cache(self) -> Stage2:
+        if len(set(self.finetune)) != len(self.finetune):
+            raise SpecError("lists a part twice; list each once", path=["finetune"])
+        if self.use_feature_cache and self.finetune != ["box_predictor"]:
+            raise SpecError(
+                f"the feature cache freezes everything but the box predictor, but finetune is "
+                f"{self.finetune}; set use_feature_cache: false or finetune: [box_predictor]",
+                path=["use_feature_cache"],
+            )
+        return self
+
+    @property
+    def feature_cache(self) -> bool:
+        """Whether stage 2 trains on cached box-head features."""
+        if self.use_feature_cache is None:
+            return self.finetune == ["box_predictor"]
+        return self.use_feature_cache
+
+
+class TrainingSpec(Optim):
+    """``end_to_end`` uses the optimisation keys here; ``decoupled`` needs ``stage1`` and
+    ``stage2`` and takes its optimisation keys from them only."""
+
+    schedule: Literal["end_to_end", "decoupled"] = "end_to_end"
+    stage1: Stage1 | None = None
+    stage2: Stage2 | None = None
+
+    @model_validator(mode="after")
+    def _schedule(self) -> TrainingSpec:
+        if self.schedule == "end_to_end":
+            for key in ("stage1", "stage2"):
+                if getattr(self, key) is not None:
+                    raise SpecError(
+                        "applies to schedule: decoupled only; remove it or set that schedule",
+                        path=[key],
+                    )
+            return self
+        for key in ("stage1", "stage2"):
+            if getattr(self, key) is None:
+                raise SpecError(
+                    f"missing; schedule decoupled needs it, e.g. {key}: {{epochs: 12, lr: 0.02}}",
+                    path=[key],
+                )
+        for key in OPTIM_KEYS:
+            if key in self.model_fields_set:
+                raise SpecError(
+                    "is set per stage under schedule: decoupled; move it into stage1 or stage2",
+                    path=[key],
+                )
+        return self
+
+    def effective(self) -> dict[str, Any]:
+        """The settings that define training (what a configuration hash covers)."""
+        if self.schedule == "end_to_end":
+            return {"schedule": self.schedule, **self.optim()}
+        assert self.stage1 is not None and self.stage2 is not None
+        return {
+            "schedule": self.schedule,
+            "stage1": self.stage1.model_dump(),
+            "stage2": {**self.stage2.model_dump(), "use_feature_cache": self.stage2.feature_cache},
+        }
+
+
+__all__ = [
+    "FINETUNE_PARTS", "OPTIM_KEYS", "Optim", "Stage1", "Stage2", "TrainingSpec",
+]  # fmt: skip

@@ -1,0 +1,296 @@
+"""Study results on disk: parquet part files, one per finished (trial, seed).
+
+Layout of a study directory::
+
+    trials/      part-<trial_id>-s<seed>.parquet     one row: the trial x seed's result
+    epochs/      part-<trial_id>-s<seed>.parquet     per-epoch history of that run
+    categories/  part-<trial_id>-s<seed>.parquet     per-category AP with frequency group
+
+Every part is written to a hidden temporary name in its final directory, flushed and
+fsync'ed, then ``os.replace``'d into place, so readers (and a crash) only ever see whole
+files; readers ignore anything that is not ``*.parquet`` (an interrupted write leaves a
+``.*.tmp`` file behind, which is skipped). Writing the same (trial, seed) again replaces
+its part. ``.cache/<kind>.parquet`` holds the rows already read, consolidated, so loading
+10,000 parts again reads one file plus the parts added since (see :func:`load_parts`).
+
+Trial row columns (:data:`TRIAL_REQUIRED` are required; others as the run has them):
+``study, trial_id, config_hash, loss, param.<loss>.<name>`` (one per hyperparameter),
+``seed, status`` (``ok`` | ``failed``), ``error``, every metric (``bbox/APr``, ...),
+``time_total_s, time_train_s, time_eval_s, started_at, finished_at, git_commit,
+versions`` (JSON text of package versions) and worker info (``host``, ``workers``,
+``device``). Dict and list values are stored as JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ltsearch.errors import StoreError
+
+TRIAL_REQUIRED = ("study", "trial_id", "config_hash", "loss", "seed", "status")
+STATUSES = ("ok", "failed")
+KINDS = ("trials", "epochs", "categories")
+CACHE_DIR = ".cache"
+VERSION_PACKAGES = ("ltsearch", "torch", "torchvision", "ray", "optuna", "numpy", "vernier")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (Mapping, list, tuple)):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def _part_name(trial_id: str, seed: int) -> str:
+    return f"part-{_SAFE.sub('_', str(trial_id))}-s{int(seed)}.parquet"
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that ``path`` is either absent, old, or whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename durable too (best effort: not every filesystem allows it)
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read_part(path: Path) -> pa.Table:
+    try:
+        return pq.ParquetFile(path).read()
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise StoreError(
+            f"{path}: not a readable parquet part ({exc}); delete it to re-run that trial"
+        ) from None
+
+
+def _scan(directory: Path) -> dict[str, tuple[int, int]]:
+    """``{part name: (mtime_ns, size)}`` of the finished parts in ``directory``."""
+    if not directory.is_dir():
+        return {}
+    out = {}
+    with os.scandir(directory) as it:
+        for entry in it:
+            if entry.name.endswith(".parquet") and not entry.name.startswith("."):
+                st = entry.stat()
+                out[entry.name] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _concat(tables: list[pa.Table]) -> pa.Table | pd.DataFrame:
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a column changed type between parts
+        return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+
+
+def load_parts(directory: Path, cache: Path | None = None) -> pd.DataFrame:
+    """Concatenate every ``*.parquet`` part in ``directory`` (union of columns: a column a
+    part lacks is null there; ints and floats mixed across parts become floats).
+
+    With ``cache``, rows are also kept in that one consolidated file, tagged with their
+    part's name, mtime and size: a later load reads the cache plus only the parts that
+    are new or were replaced since, and rewrites the cache (best effort, atomically).
+    """
+    current = _scan(directory)
+    cached = _read_cache(cache, current)
+    have = set() if cached is None else set(cached.column("_part").to_pylist())
+    todo = sorted(n for n in current if n not in have)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        new = list(pool.map(lambda n: _tag(_read_part(directory / n), n, current[n]), todo))
+    tables = ([cached] if cached is not None and cached.num_rows else []) + new
+    if not tables:
+        return pd.DataFrame()
+    merged = _concat(tables)
+    if isinstance(merged, pd.DataFrame):
+        return merged.drop(columns=list(_PRIVATE)).reset_index(drop=True)
+    if cache is not None and (todo or cached is None):
+        try:
+            write_parquet_atomic(merged, cache)
+        except OSError:
+            pass  # a read-only results directory still loads, just without the cache
+    return merged.drop_columns(list(_PRIVATE)).to_pandas()
+
+
+_PRIVATE = ("_part", "_mtime_ns", "_size")
+
+
+def _tag(table: pa.Table, name: str, stat: tuple[int, int]) -> pa.Table:
+    n = table.num_rows
+    table = table.append_column("_part", pa.array([name] * n, pa.string()))
+    table = table.append_column("_mtime_ns", pa.array([stat[0]] * n, pa.int64()))
+    return table.append_column("_size", pa.array([stat[1]] * n, pa.int64()))
+
+
+def _read_cache(cache: Path | None, current: dict[str, tuple[int, int]]) -> pa.Table | None:
+    """The cached rows whose part still exists unchanged; None without a usable cache."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        table = pq.read_table(cache)
+    except (OSError, pa.ArrowInvalid):
+        return None  # a damaged cache is rebuilt from the parts
+    if any(c not in table.column_names for c in _PRIVATE):
+        return None
+    names = table.column("_part").to_pylist()
+    mtimes = table.column("_mtime_ns").to_pylist()
+    sizes = table.column("_size").to_pylist()
+    keep = [current.get(n) == (m, s) for n, m, s in zip(names, mtimes, sizes, strict=True)]
+    return table.filter(pa.array(keep, pa.bool_()))
+
+
+class ResultStore:
+    """Reads and writes one study directory (see the module doc for the layout)."""
+
+    def __init__(self, study_dir: str | Path) -> None:
+        self.root = Path(study_dir)
+
+    def path(self, kind: str) -> Path:
+        """Directory of one kind of part (``trials``, ``epochs`` or ``categories``)."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown part kind {kind!r}; one of {KINDS}")
+        return self.root / kind
+
+    def write_trial(self, row: Mapping[str, Any]) -> Path:
+        """Write one trial x seed result row; returns the part's path.
+
+        Raises:
+            ValueError: a required column is missing or ``status`` is not ok|failed (a bug
+                in the caller, so not a user error).
+        """
+        missing = [c for c in TRIAL_REQUIRED if c not in row or row[c] is None]
+        if missing:
+            raise ValueError(f"trial row lacks required column(s) {missing}")
+        if row["status"] not in STATUSES:
+            raise ValueError(f"trial status {row['status']!r} is not one of {STATUSES}")
+        clean = {k: _plain(v) for k, v in row.items()}
+        path = self.path("trials") / _part_name(str(row["trial_id"]), int(row["seed"]))
+        write_parquet_atomic(pa.Table.from_pylist([clean]), path)
+        return path
+
+    def _write_rows(
+        self, kind: str, trial_id: str, seed: int, rows: Iterable[Mapping[str, Any]]
+    ) -> Path:
+        clean = [
+            {"trial_id": str(trial_id), "seed": int(seed), **{k: _plain(v) for k, v in r.items()}}
+            for r in rows
+        ]
+        path = self.path(kind) / _part_name(str(trial_id), seed)
+        table = (
+            pa.Table.from_pylist(clean)
+            if clean
+            else pa.table({"trial_id": pa.array([], pa.string())})
+        )
+        write_parquet_atomic(table, path)
+        return path
+
+    def write_epochs(self, trial_id: str, seed: int, rows: Iterable[Mapping[str, Any]]) -> Path:
+        """Write a run's per-epoch history (each row: ``epoch`` and its metrics/losses)."""
+        return self._write_rows("epochs", trial_id, seed, rows)
+
+    def write_categories(
+        self, trial_id: str, seed: int, rows: Iterable[Mapping[str, Any]]
+    ) -> Path:
+        """Write a run's per-category AP (each row: ``category_id``, ``name``,
+        ``frequency`` r|c|f, ``iou_type``, ``AP``)."""
+        return self._write_rows("categories", trial_id, seed, rows)
+
+    def _load(self, kind: str) -> pd.DataFrame:
+        return load_parts(self.path(kind), self.root / CACHE_DIR / f"{kind}.parquet")
+
+    def load_trials(self) -> pd.DataFrame:
+        """Every trial x seed row written so far (empty frame when none)."""
+        return self._load("trials")
+
+    def load_epochs(self) -> pd.DataFrame:
+        """Every run's per-epoch rows, with ``trial_id`` and ``seed``."""
+        return self._load("epochs")
+
+    def load_categories(self) -> pd.DataFrame:
+        """Every run's per-category rows, with ``trial_id`` and ``seed``."""
+        return self._load("categories")
+
+    def completed(self, config_hash: str, seed: int) -> bool:
+        """Whether a run of this configuration and seed finished with status ok."""
+        df = self.load_trials()
+        if df.empty:
+            return False
+        hit = (df["config_hash"] == config_hash) & (df["seed"] == seed) & (df["status"] == "ok")
+        return bool(hit.any())
+
+
+def _git_commit(repo: Path) -> str | None:
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}-dirty" if dirty else head or None
+
+
+@lru_cache(maxsize=1)
+def _metadata() -> tuple[str | None, str]:
+    versions: dict[str, str | None] = {}
+    for pkg in VERSION_PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    commit = _git_commit(Path(__file__).resolve().parents[1])
+    return commit, json.dumps(versions, sort_keys=True)
+
+
+def run_metadata() -> dict[str, Any]:
+    """Provenance for a result row: ``git_commit`` of the ltsearch checkout (``-dirty``
+    when tracked files changed; None outside git), ``versions`` (JSON text of the
+    versions of :data:`VERSION_PACKAGES`, read from package metadata without importing
+    them), ``host`` and ``pid``."""
+    commit, versions = _metadata()
+    return {
+        "git_commit": commit,
+        "versions": versions,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+__all__ = [
+    "KINDS", "STATUSES", "TRIAL_REQUIRED", "ResultStore", "load_parts", "run_metadata",
+    "write_parquet_atomic",
+]  # fmt: skip

@@ -1,0 +1,233 @@
+"""One Ray Tune trial: every seed of one configuration, each stored in parquet.
+
+A Tune trial is one configuration (loss + hyperparameters). It runs the study's seeds in
+turn; each finished (configuration, seed) is written to the study's parquet store at once,
+so a crash loses at most the seed in flight, and a (configuration, seed) already stored
+is never run again (a resumed study, or a sampler proposing a configuration twice, reads
+it back instead). The trial then reports the mean over seeds of every metric to Tune.
+
+A seed runs in-process when the study asks for one CPU worker (a ``TorchTrainer`` costs
+~11.5 s of start-up, more than a cached decoupled trial); with several workers or GPUs it
+runs as a Ray Train ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU), see
+:mod:`ltsearch.distributed_trial`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ltsearch.spec import StudySpec, config_hash, spec_from_dict
+from ltsearch.store import ResultStore, run_metadata
+
+CACHE_DIRNAME = "_cache"
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What every trial of a study needs, as plain picklable data."""
+
+    spec: dict[str, Any]
+    study_dir: str
+    data: dict[str, str]  # ltmodels.trial.DataConfig fields, resolved before Ray starts
+
+    @property
+    def cache_dir(self) -> str:
+        """Shared by every study under the same storage root (stage 1, feature caches)."""
+        return str(Path(self.study_dir).parent / CACHE_DIRNAME)
+
+    def study(self) -> StudySpec:
+        return spec_from_dict(self.spec)
+
+
+def resolve_data(spec: StudySpec) -> dict[str, str]:
+    """Dataset paths of a spec; the synthetic dataset is generated (once) here."""
+    ds = spec.dataset
+    if ds.kind == "synthetic":
+        from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
+
+        cache = spec.study_dir.parent / CACHE_DIRNAME / "datasets"
+        paths = ensure_synthetic(cache, SynthConfig(**ds.synth_kwargs()))
+        root = str(paths.root)
+        return {
+            "train_json": str(paths.train_json),
+            "val_json": str(paths.val_json),
+            "train_root": root,
+            "val_root": root,
+        }
+    spec.check_data()
+    return {
+        "train_json": str(Path(ds.train).resolve()),
+        "val_json": str(Path(ds.val).resolve()),
+        "train_root": str(Path(ds.train_images or ds.images).resolve()),
+        "val_root": str(Path(ds.val_images or ds.images).resolve()),
+    }
+
+
+def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], seed: int):
+    """The ``ltmodels.trial.TrialConfig`` of one (configuration, seed)."""
+    from ltmodels.trial import DataConfig, StageConfig, TrialConfig
+
+    t = spec.training
+    loss = {"loss": choice["loss"], "loss_params": dict(choice["loss_params"])}
+    device = "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
+    if t.schedule == "end_to_end":
+        train = StageConfig(**t.optim(), **loss, seed=seed)
+        stage1 = None
+    else:
+        assert t.stage1 is not None and t.stage2 is not None
+        s1, s2 = t.stage1, t.stage2
+        stage1 = StageConfig(**s1.optim(), loss=s1.loss, loss_params=dict(s1.loss_params))
+        train = StageConfig(
+            **s2.optim(),
+            **loss,
+            finetune=tuple(s2.finetune),
+            use_feature_cache=s2.feature_cache,
+            seed=seed,
+        )
+    return TrialConfig(
+        data=DataConfig(**ctx.data),
+        train=train,
+        stage1=stage1,
+        model=spec.model.overrides(),
+        schedule=t.schedule,
+        seed=seed,
+        eval_masks=bool(spec.model.masks if spec.model.masks is not None else True),
+        device=device,
+        cache_dir=ctx.cache_dir,
+    )
+
+
+def _flat_params(choice: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"param.{choice['loss']}.{k}": v for k, v in choice["loss_params"].items()}
+
+
+def _stored_metrics(store: ResultStore, chash: str, seed: int) -> dict[str, float] | None:
+    df = store.load_trials()
+    if df.empty:
+        return None
+    hit = df[(df["config_hash"] == chash) & (df["seed"] == seed) & (df["status"] == "ok")]
+    if hit.empty:
+        return None
+    row = hit.iloc[-1]
+    return {c: float(row[c]) for c in hit.columns if c.startswith(("bbox/", "segm/"))}
+
+
+def run_seed(
+    ctx: StudyContext,
+    spec: StudySpec,
+    choice: Mapping[str, Any],
+    seed: int,
+    *,
+    tune_trial_id: str,
+    execute: Callable[..., Any],
+) -> dict[str, float]:
+    """Run (or read back) one seed; write its parquet parts; raise if it failed."""
+    store = ResultStore(ctx.study_dir)
+    chash = config_hash({"loss": choice["loss"], **_prefixed(choice)}, spec)
+    stored = _stored_metrics(store, chash, seed)
+    if stored is not None:
+        return stored
+    cfg = trial_config(ctx, spec, choice, seed)
+    workdir = Path(ctx.study_dir) / "runs" / f"{chash}-s{seed}"
+    started = datetime.now(timezone.utc).isoformat()
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {
+        "study": spec.name,
+        "trial_id": chash,
+        "tune_trial_id": tune_trial_id,
+        "config_hash": chash,
+        "loss": choice["loss"],
+        **_flat_params(choice),
+        "seed": seed,
+        "schedule": spec.training.schedule,
+        "workers": spec.resources.workers,
+        "device": cfg.device,
+        "started_at": started,
+        **run_metadata(),
+    }
+    try:
+        result = execute(cfg, workdir=workdir, resources=spec.resources)
+    except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
+        row.update(
+            status="failed",
+            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
+            time_total_s=time.perf_counter() - t0,
+            finished_at=datetime.now(timezone.utc).isoformat(),
+        )
+        store.write_trial(row)
+        raise
+    row.update(
+        status="ok",
+        error=None,
+        **result.metrics,
+        **{f"time_{k}_s": v for k, v in result.timings.items()},
+        time_total_s=time.perf_counter() - t0,
+        finished_at=datetime.now(timezone.utc).isoformat(),
+    )
+    store.write_epochs(chash, seed, result.epochs)
+    store.write_categories(chash, seed, result.categories)
+    store.write_trial(row)  # last: its presence means the seed is complete
+    return dict(result.metrics)
+
+
+def _prefixed(choice: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"{choice['loss']}.{k}": v for k, v in choice["loss_params"].items()}
+
+
+def mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of every metric over seeds (NaN-aware: a metric missing in a seed is skipped)."""
+    keys = sorted({k for m in per_seed for k in m})
+    out = {}
+    for k in keys:
+        vals = [m[k] for m in per_seed if k in m and not math.isnan(m[k])]
+        out[k] = sum(vals) / len(vals) if vals else float("nan")
+    return out
+
+
+def execute_trial(cfg: Any, *, workdir: Path, resources: Any) -> Any:
+    """Run one seed here (one CPU worker) or as a Ray Train job (several workers/GPUs)."""
+    if resources.workers == 1 and resources.gpus_per_worker == 0:
+        from ltmodels.trial import run_trial
+
+        return run_trial(cfg, workdir=workdir)
+    from ltsearch.distributed_trial import run_distributed
+
+    return run_distributed(cfg, workdir=workdir, resources=resources)
+
+
+def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial):
+    """The Tune function trainable of a study (``config`` holds the flat Optuna params)."""
+
+    def trial_fn(config: dict[str, Any]) -> None:
+        from ray import tune
+
+        from ltsearch.space import params_to_config
+
+        spec = ctx.study()
+        choice = params_to_config(config)
+        tid = tune.get_context().get_trial_id() or "local"
+        per_seed = [
+            run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=execute)
+            for seed in spec.search.seeds
+        ]
+        tune.report({**mean_metrics(per_seed), "seeds_done": len(per_seed)})
+
+    return trial_fn
+
+
+__all__ = [
+    "StudyContext",
+    "execute_trial",
+    "make_trial_fn",
+    "mean_metrics",
+    "resolve_data",
+    "run_seed",
+    "trial_config",
+]
