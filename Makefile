@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint typecheck venv bench clean
+.PHONY: quickstart test lint typecheck venv clean
 
 venv: $(STAMP)
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: $(STAMP)
-	$(VENV)/bin/ltsearch data synth --out runs/data/synthetic
+	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/ltsearch run studies/quickstart.yaml
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ltmodels ltsearch tests bench

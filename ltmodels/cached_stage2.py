@@ -12,6 +12,14 @@ exactly what :class:`~ltmodels.roi_heads.LongTailRoIHeads` gives it in end-to-en
 torchvision's smooth-L1 box loss (beta 1/9, summed over positives, divided by N) when the
 box regressor trains. ``gt_index`` is the dataset-wide ground-truth index, unique in a batch.
 SGD with momentum, :class:`~ltmodels.engine.WarmupMultiStepLR` stepped every iteration.
+
+A loss with a feature memory (LOCE's MFS, :mod:`ltmodels.losses.feature_sampling`) gets,
+every iteration, the batch's positive RoIs pushed (cached features, labels, regression
+targets: the cache holds no dense boxes, and its positives are the proposals around each
+ground truth that the stage-1 RPN found, ground-truth boxes included), then one sample of
+R <= k x m rows appended to the batch: they join the classification loss with
+:func:`~ltmodels.losses.mfs.memory_gt_index` group ids and the box loss with their stored
+targets, the normaliser becoming N + R, as in the full model.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ltmodels.engine import NonFiniteLossError, WarmupMultiStepLR
 from ltmodels.errors import ConfigError
 from ltmodels.feature_cache import FeatureCache
 from ltmodels.losses.base import LongTailLoss
+from ltmodels.losses.feature_sampling import MemoryAccess, bind_memory, memory_of
+from ltmodels.losses.mfs import memory_gt_index
 from ltmodels.roi_sampling import sample_balanced
 
 
@@ -90,6 +100,25 @@ def _box_loss(box_regression: torch.Tensor, labels: torch.Tensor, targets: torch
     return F.smooth_l1_loss(deltas, targets[pos], beta=1 / 9, reduction="sum") / len(labels)
 
 
+def _with_memory(
+    memory: MemoryAccess,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    gt_index: torch.Tensor,
+    targets: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Push the batch's positives to ``memory``, append one sample: ``[N + R]`` rows."""
+    pos = labels > 0
+    memory.push(features[pos], labels[pos], targets[pos])
+    rows = memory.sample()
+    return (
+        torch.cat([features, rows.features.to(features.dtype)]),
+        torch.cat([labels, rows.labels]),
+        torch.cat([gt_index, memory_gt_index(rows.labels, gt_index)]),
+        torch.cat([targets, rows.targets.to(targets.dtype)]),
+    )
+
+
 def _trainable(predictor: nn.Module, loss: nn.Module, box_regression: bool) -> list[nn.Parameter]:
     named = list(predictor.named_parameters()) + list(loss.named_parameters())
     params = [p for n, p in named if box_regression or not n.startswith("bbox_pred.")]
@@ -139,7 +168,8 @@ def train_predictor_cached(
 
     Returns:
         One summary per epoch: ``epoch``, mean ``loss`` and terms, ``lr`` (last),
-        ``iterations``, ``rois`` (mean per iteration), ``seconds``.
+        ``iterations``, ``rois`` (mean per iteration), ``seconds``; with a feature memory
+        also ``memory_rows`` (mean sampled rows per iteration).
 
     Raises:
         ConfigError: the loss has another number of classes than the cache.
@@ -150,8 +180,10 @@ def train_predictor_cached(
             f"loss built for {loss.num_classes} classes, the feature cache has {cache.num_classes}"
         )
     device = torch.device(device)
+    bind_memory(loss, predictor.cls_weight.shape[1])
     predictor.to(device).train()
     loss.to(device).train()
+    memory = memory_of(loss)
     params = _trainable(predictor, loss, train_box_regression)
     if not params:
         raise ValueError("no trainable parameters in the predictor")
@@ -183,6 +215,7 @@ def train_predictor_cached(
             device,
             epoch=epoch,
             box_regression=train_box_regression,
+            memory=memory,
         )
         summary["seconds"] = time.perf_counter() - start
         history.append(summary)
@@ -204,6 +237,7 @@ def _epoch(
     *,
     epoch: int,
     box_regression: bool,
+    memory: MemoryAccess | None,
 ) -> dict[str, float]:
     """One pass over ``batches`` of image indices; returns the epoch's mean terms."""
     sums: dict[str, float] = {}
@@ -211,7 +245,9 @@ def _epoch(
     for it, images in enumerate(batches):
         rows = sample_batch(cache, images, rng, **sampling)
         if rows.size:  # else no image of the batch has a cached RoI
-            values = _step(predictor, loss, optimizer, cache, rows, device, box_regression)
+            values = _step(
+                predictor, loss, optimizer, load_rows(cache, rows, device), box_regression, memory
+            )
             if not math.isfinite(values["loss"]):
                 raise NonFiniteLossError(epoch, it, values)
             values["rois"] = float(rows.size)
@@ -228,15 +264,22 @@ def _step(
     predictor: nn.Module,
     loss: LongTailLoss,
     optimizer: torch.optim.Optimizer,
-    cache: FeatureCache,
-    rows: np.ndarray,
-    device: torch.device,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     box_regression: bool,
+    memory: MemoryAccess | None,
 ) -> dict[str, Any]:
-    """One SGD step on cache ``rows``; returns the loss terms as floats (``loss``: sum).
+    """One SGD step on a batch of :func:`load_rows`; returns the loss terms as floats
+    (``loss``: sum; ``memory_rows`` with a memory).
 
     A non-finite loss is returned without updating (the caller raises)."""
-    features, labels, gt_index, targets = load_rows(cache, rows, device)
+    features, labels, gt_index, targets = batch
+    extra: dict[str, float] = {}
+    if memory is not None:
+        n = len(labels)
+        features, labels, gt_index, targets = _with_memory(
+            memory, features, labels, gt_index, targets
+        )
+        extra["memory_rows"] = float(len(labels) - n)
     if box_regression:
         logits, boxes = predictor(features)
     else:
@@ -253,6 +296,7 @@ def _step(
     total = sum(terms.values())
     values = {k: float(v.detach()) for k, v in terms.items()}
     values["loss"] = float(total.detach())
+    values.update(extra)
     if math.isfinite(values["loss"]):
         optimizer.zero_grad(set_to_none=True)
         total.backward()

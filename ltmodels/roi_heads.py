@@ -15,7 +15,13 @@ box coding and mask branch. What changes:
   (score threshold 1e-4, at most 300 detections per image) as defaults.
 
 The loss is the submodule ``cls_loss``, so its buffers (EQLv2 gradient sums, Seesaw/GAP
-counts, EBL mean scores) are part of the model's ``state_dict`` and of every checkpoint.
+counts, EBL mean scores, an MFS memory) are part of the model's ``state_dict`` and of every
+checkpoint.
+
+A loss with a feature memory (LOCE's MFS, the protocol of
+:mod:`ltmodels.losses.feature_sampling`) is bound to the predictor's feature width here; in
+training the head pushes dense-box features to it and appends R sampled memory rows after
+the N RoIs of the classifier batch (:mod:`ltmodels.roi_mfs`). Other losses see no change.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
-from torchvision.ops import boxes as box_ops
 from torchvision.ops import generalized_box_iou_loss
 
+from ltmodels.detections import mask_probs, select_detections
 from ltmodels.losses.base import LongTailLoss
+from ltmodels.losses.feature_sampling import bind_memory, memory_of
+from ltmodels.losses.mfs import MemorySample, memory_gt_index
+from ltmodels.roi_mfs import memory_box_loss, push_dense_features
 
 BOX_LOSSES = ("smooth_l1", "giou")
 _RESERVED = ("loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
@@ -54,63 +63,6 @@ def matched_gt_index(
         out.append(torch.where(lab > 0, idx + offset, torch.full_like(idx, -1)))
         offset += n
     return torch.cat(out)
-
-
-def select_detections(
-    boxes: torch.Tensor,
-    scores: torch.Tensor,
-    image_shape: tuple[int, int],
-    *,
-    score_thresh: float,
-    nms_thresh: float,
-    detections_per_img: int,
-    pre_nms_top_k: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Threshold, per-class NMS and top-k of one image's class-specific candidates.
-
-    Args:
-        boxes: ``[R, C, 4]`` decoded xyxy boxes, column j for label j + 1.
-        scores: ``[R, C]`` per-class scores (``loss.scores``).
-        image_shape: ``(H, W)`` to clip to.
-        score_thresh: candidates scoring at or below it are dropped.
-        nms_thresh: IoU of per-class NMS.
-        detections_per_img: at most this many detections are kept.
-        pre_nms_top_k: keep only the best k candidates before NMS (``None``: all).
-
-    Returns:
-        boxes ``[M, 4]``, scores ``[M]``, labels ``[M]`` (``1..C``), best first.
-    """
-    num_classes = scores.shape[1]
-    boxes = box_ops.clip_boxes_to_image(boxes.reshape(-1, 4), image_shape)
-    labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(scores.shape[0])
-    scores = scores.reshape(-1)
-    keep = torch.where(scores > score_thresh)[0]
-    if pre_nms_top_k is not None and keep.numel() > pre_nms_top_k:
-        keep = keep[scores[keep].topk(pre_nms_top_k).indices]
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-    keep = box_ops.batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_img]
-    return boxes[keep], scores[keep], labels[keep]
-
-
-def mask_probs(mask_logits: torch.Tensor, labels: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Mask probabilities of each detection's own class, split per image.
-
-    torchvision's ``maskrcnn_inference`` gives the same values but takes the sigmoid of all
-    C + 1 channels first; at 300 detections per image that was a tenth of CPU inference.
-
-    Args:
-        mask_logits: ``[M, C + 1, S, S]`` for the M detections of all images.
-        labels: per image ``[m_i]`` detected labels (sum of m_i = M).
-
-    Returns:
-        per image ``[m_i, 1, S, S]`` probabilities.
-    """
-    flat = torch.cat(labels)
-    rows = torch.arange(len(flat), device=flat.device)
-    probs = mask_logits[rows, flat].sigmoid()[:, None]
-    return list(probs.split([len(lab) for lab in labels]))
 
 
 class LongTailRoIHeads(RoIHeads):
@@ -170,6 +122,7 @@ class LongTailRoIHeads(RoIHeads):
             mask_predictor=mask_predictor,
         )
         self.cls_loss = loss
+        bind_memory(loss, box_predictor.cls_weight.shape[1])
         self.box_loss = box_loss
         self.giou_weight = float(giou_weight)
         self.pre_nms_top_k = pre_nms_top_k
@@ -185,28 +138,36 @@ class LongTailRoIHeads(RoIHeads):
         labels: list[torch.Tensor],
         matched_idxs: list[torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
+        memory_rows: MemorySample | None = None,
     ) -> dict[str, torch.Tensor]:
         """Classification terms from the loss object plus the box regression loss.
 
         Args:
-            class_logits: ``[N, K]``. box_regression: ``[N, 4 * (C + 1)]``.
-            box_features: ``[N, D]`` box-head output. proposals, labels, matched_idxs: per
-            image, from ``select_training_samples``. targets: the images' ground truth.
+            class_logits: ``[N + R, K]``. box_regression: ``[N + R, 4 * (C + 1)]``.
+            box_features: ``[N + R, D]`` box-head output. proposals, labels, matched_idxs:
+            per image, from ``select_training_samples`` (N RoIs in all). targets: the images'
+            ground truth. memory_rows: the R MFS rows appended after the RoIs (R = 0 if None).
         """
         labels_all = torch.cat(labels)
         gt_index = matched_gt_index(matched_idxs, labels, [len(t["boxes"]) for t in targets])
+        cls_labels, cls_gt = labels_all, gt_index
+        if memory_rows is not None:
+            cls_labels = torch.cat([labels_all, memory_rows.labels])
+            cls_gt = torch.cat([gt_index, memory_gt_index(memory_rows.labels, gt_index)])
         terms = self.cls_loss(
             class_logits.float(),
-            labels_all,
+            cls_labels,
             features=box_features.flatten(1),
             weight=self.box_predictor.cls_weight,
-            gt_index=gt_index,
+            gt_index=cls_gt,
         )
         clash = sorted(set(terms) & set(_RESERVED))
         if clash:
             raise ValueError(f"loss {self.cls_loss.name!r} returned reserved term(s) {clash}")
         pos = torch.where(labels_all > 0)[0]
-        deltas = box_regression.float().reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]
+        box_regression = box_regression.float()
+        rois_regression = box_regression[: len(labels_all)]
+        deltas = rois_regression.reshape(len(labels_all), -1, 4)[pos, labels_all[pos]]
         # per image, only foreground RoIs index the ground truth (an image may have none)
         gt_boxes = torch.cat(
             [
@@ -215,13 +176,21 @@ class LongTailRoIHeads(RoIHeads):
             ]
         ).to(deltas.dtype)
         rois = torch.cat(proposals).to(deltas.dtype)[pos]
-        n = max(len(labels_all), 1)
+        n = max(len(cls_labels), 1)
         if self.box_loss == "giou":
             pred = self.box_coder.decode_single(deltas, rois)
             box = generalized_box_iou_loss(pred, gt_boxes, reduction="sum") * self.giou_weight
         else:
             target = self.box_coder.encode_single(gt_boxes, rois)
             box = F.smooth_l1_loss(deltas, target, beta=1 / 9, reduction="sum")
+        if memory_rows is not None:
+            box = box + memory_box_loss(
+                self.box_coder,
+                box_regression[len(labels_all) :],
+                memory_rows,
+                box_loss=self.box_loss,
+                giou_weight=self.giou_weight,
+            )
         return {**terms, "loss_box_reg": box / n}
 
     def postprocess_detections(
@@ -312,6 +281,14 @@ class LongTailRoIHeads(RoIHeads):
             proposals, matched_idxs, labels, _ = self.select_training_samples(proposals, targets)
             sampled = (proposals, labels, matched_idxs)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        memory = memory_of(self.cls_loss) if sampled is not None else None
+        rows = None
+        if memory is not None and targets is not None:
+            push_dense_features(memory, self, features, targets, image_shapes)
+            rows = memory.sample()
+            box_features = torch.cat(
+                [box_features.flatten(1), rows.features.to(box_features.dtype)]
+            )
         class_logits, box_regression = self.box_predictor(box_features)
         result: list[dict[str, torch.Tensor]] = []
         losses: dict[str, torch.Tensor] = {}
@@ -324,6 +301,7 @@ class LongTailRoIHeads(RoIHeads):
                 labels,
                 matched_idxs,
                 targets,
+                rows,
             )
         else:
             boxes, scores, labels_out = self.postprocess_detections(

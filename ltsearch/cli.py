@@ -7,8 +7,9 @@ Commands: ``validate``, ``run``, ``resume``, ``status``, ``report``, ``data synt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ltmodels.errors import LTUserError
@@ -21,7 +22,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     if args.smoke:
         spec = spec.smoked()
     if args.check_data:
-        spec.check_data()
+        with _in_file(args.study):
+            spec.check_data()
     seeds = len(spec.search.seeds)
     print(
         f"{args.study}: ok — study {spec.name!r}, {spec.n_trials} configuration(s) x {seeds} "
@@ -40,8 +42,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         spec = spec.smoked()
     if args.storage:
         spec = spec.with_overrides(storage=args.storage)
-    outcome = run_study(spec, address=args.address, progress=not args.quiet)
+    with _in_file(args.study):  # dataset checks name the study file too
+        outcome = run_study(spec, address=args.address, progress=not args.quiet)
     return _finish(outcome, report=not args.no_report)
+
+
+@contextlib.contextmanager
+def _in_file(study: str) -> Iterator[None]:
+    """Name the study file in a :class:`SpecError` raised without one."""
+    from ltsearch.errors import SpecError
+
+    try:
+        yield
+    except SpecError as exc:
+        raise exc.located(file=study) from None
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:

@@ -4,17 +4,42 @@ A study launched with ``--address`` (or inside ``ray job submit``, which sets
 ``RAY_ADDRESS``) joins that cluster; otherwise a local Ray starts with enough logical CPUs
 for a trial plus its DDP workers (``ray.init(num_cpus=2)`` on a 2-core machine makes Ray
 Train wait forever for a second worker's CPU, so logical CPUs are oversubscribed).
+
+Token authentication (Ray >= 2.60): a cluster started with a token (``~/.ray/auth_token``,
+``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``) only accepts clients that send it, but Ray
+turns token mode on by itself only for a local cluster or ``address="auto"``. When an
+address is given, ``RAY_AUTH_MODE`` is unset and a token is available here, this module
+sets ``RAY_AUTH_MODE=token`` (auth is never switched off; an explicit ``RAY_AUTH_MODE``
+is respected).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+from ltmodels.errors import LTUserError
 
 LOCAL_MIN_CPUS = 4
 
 
+class ClusterError(LTUserError):
+    """The Ray cluster given by ``--address`` or ``RAY_ADDRESS`` cannot be joined."""
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return True
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
+
+
 def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
-    """Initialise Ray once per process; return a short description of where it runs."""
+    """Initialise Ray once per process; return a short description of where it runs.
+
+    Raises:
+        ClusterError: the cluster at ``address`` cannot be reached or refuses the client.
+    """
     import ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -22,7 +47,18 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
         return "ray (already initialised)"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=True)
+        if "RAY_AUTH_MODE" not in os.environ and _token_available():
+            os.environ["RAY_AUTH_MODE"] = "token"
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (ConnectionError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            raise ClusterError(
+                f"cannot join the Ray cluster at {address} ({first[:300]}); check the address "
+                "(`ray status --address ...`) and, if the cluster uses token authentication, "
+                "that RAY_AUTH_MODE=token and its token (~/.ray/auth_token or RAY_AUTH_TOKEN) "
+                "are set here"
+            ) from None
         return f"ray cluster at {address}"
     cpus = max(LOCAL_MIN_CPUS, int(cpus_needed + 0.999), os.cpu_count() or 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)

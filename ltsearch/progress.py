@@ -25,8 +25,11 @@ def _num(v: Any) -> str:
 class ProgressPrinter(Callback):
     """Prints a header, then ``[k/N] loss(params): objectives  (time)  best: ...`` lines."""
 
-    def __init__(self, spec: StudySpec, study_dir: Path, *, enabled: bool = True) -> None:
+    def __init__(
+        self, spec: StudySpec, study_dir: Path, *, enabled: bool = True, done_before: int = 0
+    ) -> None:
         self.enabled = enabled
+        self.done_before = done_before  # trials a killed driver finished (a resumed study)
         self.total = spec.n_trials
         self.seeds = len(spec.search.seeds)
         self.objectives = spec.search.parsed_objectives
@@ -44,7 +47,9 @@ class ProgressPrinter(Callback):
     def header(self, where: str) -> None:
         objs = ", ".join(f"{o.metric} ({o.direction})" for o in self.objectives)
         self._print(
-            f"study {self.name}: {self.total} configurations x {self.seeds} seed(s) on {where}\n"
+            f"study {self.name}: {self.total} configurations x {self.seeds} seed(s) on {where}"
+            + (f" ({self.done_before} done before; resuming)" if self.done_before else "")
+            + "\n"
             f"  objectives: {objs}\n  results: {self.study_dir}"
         )
 
@@ -57,6 +62,9 @@ class ProgressPrinter(Callback):
             better = cur is None or (v > cur[0] if o.direction == "max" else v < cur[0])
             if better:
                 self.best[o.metric] = (float(v), label)
+
+    def _count(self) -> int:
+        return self.done_before + self.done + self.failed
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.done += 1
@@ -71,13 +79,13 @@ class ProgressPrinter(Callback):
         best = "  ".join(f"{m}={v:.2f}" for m, (v, _) in self.best.items())
         elapsed = time.time() - self.t0
         self._print(
-            f"[{self.done + self.failed}/{self.total}] {label}: {vals}   "
+            f"[{self._count()}/{self.total}] {label}: {vals}   "
             f"({elapsed:.0f} s elapsed; best {best})"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.failed += 1
         self._print(
-            f"[{self.done + self.failed}/{self.total}] {_fmt_params(trial.config)}: FAILED "
+            f"[{self._count()}/{self.total}] {_fmt_params(trial.config)}: FAILED "
             f"(error recorded in {self.study_dir}/trials; the study goes on)"
         )

@@ -66,19 +66,20 @@ def _axes(spec: StudySpec, x: str | None, y: str | None) -> tuple[str, str]:
     return x, y
 
 
-def _load(study_dir: Path, objectives: Sequence[Objective], metrics: Sequence[str]):
+def _load(
+    study_dir: Path, objectives: Sequence[Objective], metrics: Sequence[str]
+) -> tuple[pd.DataFrame, float, Summary]:
+    """Runs (prepared), the factor applied to their AP values, and their summary."""
     runs = ResultStore(study_dir).load_trials()
     if runs.empty:
-        return runs, 1.0, Summary(pd.DataFrame(), list(objectives), [])
+        return runs, 100.0, Summary(pd.DataFrame(), list(objectives), [])
     runs, scale = prepare_runs(runs)
     return runs, scale, summarize(runs, objectives, metrics)
 
 
 def _metrics(spec: StudySpec, x: str, y: str) -> list[str]:
-    kinds = ["bbox", "segm"]
-    if spec.reference is not None:
-        kinds.sort(key=lambda k: k != spec.reference.metric_kind)  # type: ignore[union-attr]
-    return [*spec.search.metric_names, x, y, *[f"{k}/{m}" for k in kinds for m in GROUP_METRICS]]
+    groups = [f"{k}/{m}" for k in ("bbox", "segm") for m in GROUP_METRICS]
+    return [*spec.search.metric_names, x, y, *groups]
 
 
 def _kinds(summary: Summary) -> list[str]:

@@ -53,6 +53,9 @@ def front_section(summary: Summary) -> str:
         "bootstrap interval over seeds in brackets; rank 1 is the non-dominated front, "
         "\u2014 means an objective is undefined (NaN)."
     ]
+    if summary.missing:
+        gone = ", ".join(o.metric for o in summary.missing)
+        lines.append(f"No run has a value of {gone} yet: ranked on the other objectives only.")
     if objs and len(objs) <= MAX_HV_OBJECTIVES:
         ref = hv_reference(dirs)
         hv = hypervolume(c[[f"{o.metric}.mean" for o in objs]].to_numpy(float), dirs, ref)

@@ -1,4 +1,4 @@
-"""Study results as tables: per-configuration summaries, fronts, ablations (pure pandas).
+"""Study results as tables: per-configuration summaries, Pareto ranks, Markdown tables.
 
 Shape shorthand: R runs (one row per (configuration, seed)), C configurations, m objectives.
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,13 +37,15 @@ class Summary:
             ``<metric>.mean`` (every row) and ``<metric>.lo``/``.hi`` (the 95% bootstrap
             interval; NaN beyond the :data:`DETAIL_LIMIT` best), ``rank`` (Pareto rank of
             the means, 1 = front, 0 = an objective is NaN) and ``front``.
-        objectives: the ranked objectives.
+        objectives: the ranked objectives: those with a value in some configuration.
+        missing: objectives without any value yet (not ranked on).
         metrics: the metric columns summarised.
     """
 
     configs: pd.DataFrame
     objectives: list[Objective]
     metrics: list[str]
+    missing: list[Objective] = field(default_factory=list)
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -61,12 +63,13 @@ def prepare_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Runs with numeric metrics in % and undefined (-1) values as NaN.
 
     Returns:
-        The converted copy and the factor applied (100 for fractions, 1 when in %).
+        The converted copy and the factor applied (100 for fractions, the stored form, also
+        when there is no value yet; 1 when some value exceeds 1, i.e. already in %).
     """
     out = df.copy()
     cols = metric_columns(out)
     if not cols:
-        return out, 1.0
+        return out, 100.0
     values = out[cols].apply(pd.to_numeric, errors="coerce").astype(float)
     values = values.mask(values < 0)
     scale = 1.0 if np.nanmax(np.append(values.to_numpy(), 0.0)) > 1.0 else 100.0
@@ -155,7 +158,8 @@ def summarize(
 
     Args:
         runs: prepared runs (:func:`prepare_runs`), ok and failed.
-        objectives: objectives to rank by (a metric missing from ``runs`` ranks nothing).
+        objectives: objectives to rank by; one without any value (absent, or NaN in every
+            configuration) is left out and listed in ``missing``.
         metrics: metric columns to summarise (those absent from ``runs`` are skipped).
     """
     metrics = [m for m in dict.fromkeys([*[o.metric for o in objectives], *metrics])]
@@ -172,7 +176,9 @@ def summarize(
     for m in metrics:
         configs[f"{m}.mean"] = means[m]
     configs = configs.reset_index()
-    objs = [o for o in objectives if o.metric in metrics]
+    objs = [
+        o for o in objectives if o.metric in metrics and configs[f"{o.metric}.mean"].notna().any()
+    ]
     if objs:
         values = configs[[f"{o.metric}.mean" for o in objs]].to_numpy(float)
         configs["rank"] = rank_configs(values, [o.direction for o in objs])
@@ -180,7 +186,8 @@ def summarize(
         configs["rank"] = 0
     configs["front"] = configs["rank"] == 1
     configs = _order(configs, objs)
-    return Summary(_with_intervals(configs, ok, metrics), objs, metrics)
+    missing = [o for o in objectives if o not in objs]
+    return Summary(_with_intervals(configs, ok, metrics), objs, metrics, missing)
 
 
 def _with_intervals(configs: pd.DataFrame, ok: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

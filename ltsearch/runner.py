@@ -4,21 +4,40 @@ A study directory (``<storage>/<name>``) holds:
 
 - ``spec.yaml``: the resolved study spec (``ltsearch resume DIR`` reads it back);
 - ``optuna.journal``: the Optuna study (a journal file: optuna-dashboard opens it);
-- ``tune/``: Ray Tune's experiment state (resume continues unfinished trials);
+- ``tune/``: Ray Tune's experiment state of each driver run (logs; not used to resume);
 - ``trials/``, ``epochs/``, ``categories/``: parquet parts (:mod:`ltsearch.store`);
 - ``runs/<config>-s<seed>/``: per-run checkpoints.
 
-Exactly-once: a (configuration, seed) already in parquet is read back, never re-run, and a
-starting point already in the Optuna journal is not enqueued again, so a driver killed
-with ``kill -9`` and resumed ends with every trial once.
+Resuming (``ltsearch resume DIR``, or ``ltsearch run`` of the same study again) does not
+use ``Tuner.restore``: Tune saves its experiment state at most every 10 s, so after a
+``kill -9`` of the driver it can be several trials behind, and a restored run then samples
+new configurations on top of ones already finished (a 5-trial study ended with 6
+configurations). The Optuna journal, written at every ask and tell, is the source of
+truth instead. A resumed run (:func:`plan_study`):
+
+- counts the journal's finished trials (complete, failed, pruned) against ``trials``;
+- adopts every trial still ``RUNNING`` there (the killed driver's trials in flight): a new
+  Tune trial re-suggests it, which returns the parameters it already had, and reports to it;
+- leaves enqueued starting points still waiting to be asked, and enqueues only the ones
+  that are in no trial of the journal, so no starting point is enqueued twice;
+- reseeds the sampler with the journal's trial count, so it does not replay the draws
+  the killed run already made.
+
+A (configuration, seed) already in parquet with status ok is read back, never re-run
+(:func:`ltsearch.trainable.run_seed`), and its part file is named by configuration and
+seed, so each (configuration, seed) is stored exactly once. A driver holds an exclusive
+lock on ``.driver.lock`` while it runs (released by the OS when it dies, ``kill -9``
+included), so two drivers never adopt each other's trials.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +50,7 @@ from ltsearch.trainable import StudyContext, make_trial_fn, resolve_data
 SPEC_FILE = "spec.yaml"
 JOURNAL_FILE = "optuna.journal"
 TUNE_DIR = "tune"
+LOCK_FILE = ".driver.lock"
 
 
 @dataclass
@@ -42,26 +62,42 @@ class StudyOutcome:
     where: str
 
 
-def _write_spec(spec: StudySpec, study_dir: Path) -> None:
+def _spec_text(spec: StudySpec) -> str:
+    return yaml.safe_dump(spec.to_dict(), sort_keys=False)
+
+
+def _check_spec_dir(spec: StudySpec, study_dir: Path) -> None:
+    """Raise if ``study_dir`` already holds a different study (writes nothing)."""
     path = study_dir / SPEC_FILE
-    text = yaml.safe_dump(spec.to_dict(), sort_keys=False)
+    if path.exists() and path.read_text() != _spec_text(spec):
+        raise SpecError(
+            f"{study_dir} already holds a different study; run `ltsearch resume "
+            f"{study_dir}` to continue it, or choose another --storage or name",
+            file=str(path),
+        )
+
+
+def _write_spec(spec: StudySpec, study_dir: Path) -> None:
+    _check_spec_dir(spec, study_dir)
+    path = study_dir / SPEC_FILE
     if path.exists():
-        if path.read_text() != text:
-            raise SpecError(
-                f"{study_dir} already holds a different study; run `ltsearch resume "
-                f"{study_dir}` to continue it, or choose another --storage or name",
-                file=str(path),
-            )
         return
     study_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
+    tmp.write_text(_spec_text(spec))
     os.replace(tmp, path)
 
 
 def load_study_dir(study_dir: str | Path) -> StudySpec:
     """The spec a study directory was started with (for ``resume`` and ``status``)."""
-    path = Path(study_dir) / SPEC_FILE
+    root = Path(study_dir)
+    if not root.is_dir():
+        raise SpecError(
+            "no such directory; give the study directory `ltsearch run` printed "
+            "(<storage>/<name>)",
+            file=str(study_dir),
+        )
+    path = root / SPEC_FILE
     if not path.exists():
         raise SpecError(
             f"no {SPEC_FILE} here: not a study directory (give the directory `ltsearch run` "
@@ -71,6 +107,52 @@ def load_study_dir(study_dir: str | Path) -> StudySpec:
     return load_spec(path)
 
 
+@contextlib.contextmanager
+def _driver_lock(study_dir: Path) -> Iterator[None]:
+    """Hold the study's driver lock; a second driver of the same study is a user error."""
+    import fcntl
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    with open(study_dir / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise SpecError(
+                f"another ltsearch driver ({holder}) is running this study; wait for it to "
+                "finish or stop it, then `ltsearch resume` the directory",
+                file=str(study_dir),
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _repair_journal(study_dir: Path) -> None:
+    """Make the journal appendable after a crash of the driver that held it.
+
+    Only called under the driver lock (no other writer): drops an incomplete last line
+    (a write cut short; Optuna's reader rejects it once another line follows) and a
+    journal lock left behind (Optuna would wait 30 s before breaking it).
+    """
+    path = study_dir / JOURNAL_FILE
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                data = path.read_bytes()
+                f.truncate(data.rfind(b"\n") + 1)
+    lock = path.with_name(path.name + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+
+
 def _journal_storage(study_dir: Path) -> Any:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -78,9 +160,22 @@ def _journal_storage(study_dir: Path) -> Any:
     return JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
 
 
-def _pending_points(spec: StudySpec, storage: Any) -> list[dict[str, Any]]:
-    """Starting points not yet in the Optuna journal (none is enqueued twice)."""
+@dataclass
+class StudyPlan:
+    """What a (re)started driver has left to do, read from the Optuna journal."""
+
+    finished: int = 0  # trials complete, failed or pruned
+    failed: int = 0
+    trials_in_journal: int = 0
+    adopt: list[int] = field(default_factory=list)  # storage ids of RUNNING trials
+    points: list[dict[str, Any]] = field(default_factory=list)  # to enqueue
+    to_run: int = 0  # Tune samples: adopted trials, then new or waiting ones
+
+
+def plan_study(spec: StudySpec, storage: Any) -> StudyPlan:
+    """Read the journal: finished trials, trials to adopt, starting points to enqueue."""
     import optuna
+    from optuna.trial import TrialState
 
     from ltsearch.space import points_to_evaluate
 
@@ -88,32 +183,70 @@ def _pending_points(spec: StudySpec, storage: Any) -> list[dict[str, Any]]:
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage)
     except KeyError:
-        return points
-    seen = [t.params for t in study.get_trials(deepcopy=False)]
-    return [p for p in points if not any(_same_point(p, s) for s in seen)]
+        return StudyPlan(points=points, to_run=spec.n_trials)
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.state.is_finished()]
+    adopt = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
+    seen = [t.params for t in trials] + [
+        t.system_attrs["fixed_params"] for t in trials if "fixed_params" in t.system_attrs
+    ]
+    pending = [p for p in points if not any(_same_point(p, s) for s in seen)]
+    left = max(0, spec.n_trials - len(done) - len(adopt))
+    return StudyPlan(
+        finished=len(done),
+        failed=sum(t.state == TrialState.FAIL for t in done),
+        trials_in_journal=len(trials),
+        adopt=adopt[: max(0, spec.n_trials - len(done))],
+        points=pending,
+        to_run=min(len(adopt), max(0, spec.n_trials - len(done))) + left,
+    )
 
 
 def _same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(a[k] == b[k] for k in a)
 
 
-def _searcher(spec: StudySpec, storage: Any, points: list[dict[str, Any]]) -> Any:
-    from ray.tune.search import ConcurrencyLimiter
+def _adopting_search_cls() -> type:
+    from optuna.trial import Trial
     from ray.tune.search.optuna import OptunaSearch
+
+    class AdoptingOptunaSearch(OptunaSearch):
+        """OptunaSearch that first hands out the given RUNNING journal trials (a killed
+        driver's trials in flight) before asking the study for new ones."""
+
+        def __init__(self, *args: Any, adopt: list[int] | None = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._adopt = list(adopt or [])
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if self._adopt and trial_id not in self._ot_trials:
+                study: Any = self._ot_study
+                self._ot_trials[trial_id] = Trial(study, self._adopt.pop(0))
+            return super().suggest(trial_id)
+
+    return AdoptingOptunaSearch
+
+
+def _searcher(spec: StudySpec, storage: Any, plan: StudyPlan) -> Any:
+    from ray.tune.search import ConcurrencyLimiter
 
     from ltsearch.space import make_sampler, suggest
 
     search = spec.search
+    if plan.trials_in_journal:  # a resumed study: do not replay the killed run's draws
+        seed = (search.seed * 1_000_003 + plan.trials_in_journal) % 2**31
+        spec = spec.model_copy(update={"search": search.model_copy(update={"seed": seed})})
     single = len(search.metric_names) == 1
-    searcher = OptunaSearch(
+    searcher = _adopting_search_cls()(
         space=functools.partial(suggest, spec=spec),  # picklable: Tune checkpoints it
         metric=search.metric_names[0] if single else search.metric_names,
         mode=(search.directions[0][:3] if single else [d[:3] for d in search.directions]),
-        points_to_evaluate=points or None,
+        points_to_evaluate=plan.points or None,
         sampler=make_sampler(spec),
         storage=storage,
         study_name=spec.name,
         seed=None,
+        adopt=plan.adopt,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
 
@@ -132,51 +265,72 @@ def run_study(
     resume: bool = False,
     progress: bool = True,
 ) -> StudyOutcome:
-    """Run (or continue) a study to completion; returns where its results are."""
+    """Run (or continue) a study to completion; returns where its results are.
+
+    Every user error (a different study in the directory, missing dataset files, a second
+    driver, an unreachable cluster) is raised before anything is written or Ray starts.
+    """
+    study_dir = spec.study_dir.resolve()
+    if not resume:
+        _check_spec_dir(spec, study_dir)
+    data = resolve_data(spec)
+    t0 = time.perf_counter()
+    if not resume:
+        _write_spec(spec, study_dir)
+    with _driver_lock(study_dir):
+        _repair_journal(study_dir)
+        storage = _journal_storage(study_dir)
+        plan = plan_study(spec, storage)
+        where = "nothing to run"
+        if plan.to_run:
+            ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
+            where = _fit(spec, ctx, storage, plan, address=address, progress=progress)
+        elif progress:
+            print(f"study {spec.name}: all {spec.n_trials} configurations done ({study_dir})")
+        final = plan_study(spec, storage)
+    return StudyOutcome(
+        study_dir, final.finished - final.failed, final.failed, time.perf_counter() - t0, where
+    )
+
+
+def _fit(
+    spec: StudySpec,
+    ctx: StudyContext,
+    storage: Any,
+    plan: StudyPlan,
+    *,
+    address: str | None,
+    progress: bool,
+) -> str:
     from ray import tune
 
     from ltsearch import cluster
     from ltsearch.progress import ProgressPrinter
 
-    study_dir = spec.study_dir.resolve()
-    if not resume:
-        _write_spec(spec, study_dir)
-    data = resolve_data(spec)
-    ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
-    t0 = time.perf_counter()
+    study_dir = Path(ctx.study_dir)
     where = cluster.connect(address, cpus_needed=_cpus_needed(spec))
-    printer = ProgressPrinter(spec, study_dir, enabled=progress)
-    printer.header(where)
-    trainable = tune.with_resources(make_trial_fn(ctx), _resources(spec))
-    run_config = tune.RunConfig(
-        name=TUNE_DIR,
-        storage_path=str(study_dir),
-        verbose=0,
-        callbacks=[printer],
-        failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-    )
-    tune_path = str(study_dir / TUNE_DIR)
-    storage = _journal_storage(study_dir)
     try:
-        if tune.Tuner.can_restore(tune_path):
-            tuner = tune.Tuner.restore(
-                tune_path, trainable=trainable, resume_unfinished=True, resume_errored=False
-            )
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=_searcher(spec, storage, _pending_points(spec, storage)),
-                    num_samples=spec.n_trials,
-                    reuse_actors=True,
-                ),
-                run_config=run_config,
-            )
-        grid = tuner.fit()
+        printer = ProgressPrinter(spec, study_dir, enabled=progress, done_before=plan.finished)
+        printer.header(where)
+        tuner = tune.Tuner(
+            tune.with_resources(make_trial_fn(ctx), _resources(spec)),
+            tune_config=tune.TuneConfig(
+                search_alg=_searcher(spec, storage, plan),
+                num_samples=plan.to_run,
+                reuse_actors=True,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR,
+                storage_path=str(study_dir),
+                verbose=0,
+                callbacks=[printer],
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            ),
+        )
+        tuner.fit()
     finally:
         cluster.shutdown()
-    failed = len(grid.errors)
-    return StudyOutcome(study_dir, len(grid) - failed, failed, time.perf_counter() - t0, where)
+    return where
 
 
 def _cpus_needed(spec: StudySpec) -> float:
@@ -198,4 +352,11 @@ def resume_study(study_dir: str | Path, *, address: str | None = None) -> StudyO
     return run_study(spec.with_overrides(storage=root.parent), address=address, resume=True)
 
 
-__all__ = ["StudyOutcome", "load_study_dir", "resume_study", "run_study"]
+__all__ = [
+    "StudyOutcome",
+    "StudyPlan",
+    "load_study_dir",
+    "plan_study",
+    "resume_study",
+    "run_study",
+]

@@ -23,6 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ltmodels.errors import ConfigError
+from ltsearch.errors import SpecError
 from ltsearch.spec import StudySpec, config_hash, spec_from_dict
 from ltsearch.store import ResultStore, run_metadata
 
@@ -47,13 +49,22 @@ class StudyContext:
 
 
 def resolve_data(spec: StudySpec) -> dict[str, str]:
-    """Dataset paths of a spec; the synthetic dataset is generated (once) here."""
+    """Dataset paths of a spec; the synthetic dataset is generated (once) here.
+
+    Raises:
+        SpecError: a missing LVIS file or directory, or synthetic-dataset settings the
+            generator rejects (checked before anything is generated).
+    """
     ds = spec.dataset
     if ds.kind == "synthetic":
         from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
 
+        try:
+            synth = SynthConfig(**ds.synth_kwargs())
+        except ConfigError as exc:  # a bound the spec does not know (e.g. image_size >= 64)
+            raise SpecError(str(exc), path=["dataset"]) from None
         cache = spec.study_dir.parent / CACHE_DIRNAME / "datasets"
-        paths = ensure_synthetic(cache, SynthConfig(**ds.synth_kwargs()))
+        paths = ensure_synthetic(cache, synth)
         root = str(paths.root)
         return {
             "train_json": str(paths.train_json),

@@ -31,6 +31,16 @@ code (fcjian/LOCE ``LoceRoIHead._update_mean_score``) does:
   ``s_c <- alpha**n_c * s_c + (1 - alpha**n_c) * m_c``.
 - ``update="paper"``: Eq. 2 read literally, one EMA step ``s_c <- alpha s_c + (1 - alpha) p``
   per entry, in entry order (by group id within a worker, then by rank).
+
+Memory-augmented feature sampling (MFS, Sec. 3.3, Eq. 5-8) is off by default, so ``ebl``
+alone is Table 1's EBL row; ``mfs: true`` gives LOCE (EBL + MFS, the paper's final method,
+with ``mfs_size`` M = 80, ``mfs_k`` = 8, ``mfs_m`` = 4 per worker as defaults; Table 4 tunes
+k and m) and ``margin: false, mfs: true`` Table 1's MFS-only row (softmax cross-entropy, with
+``s`` still tracked to guide the sampler). With MFS the loss owns a
+:class:`~ltmodels.losses.feature_sampling.FeatureSampling` and implements that module's
+protocol (``bind_memory``, ``feature_memory``); the RoI head and the cached stage-2 trainer
+push features and append sampled rows. MFS is meant for the fine-tuning stage, where the box
+head is frozen (the memory keeps box-head outputs).
 """
 
 from __future__ import annotations
@@ -42,6 +52,8 @@ import torch.nn.functional as F
 
 from ltmodels.distributed import all_gather_cat
 from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.feature_sampling import FeatureSampling, MemoryAccess
+from ltmodels.losses.mfs import MFS_PARAMS
 
 _INIT_SCORE = 0.01
 _MIN_SCORE = 1e-12
@@ -49,7 +61,7 @@ _MIN_SCORE = 1e-12
 
 @register_loss("ebl")
 class EquilibriumLoss(LongTailLoss):
-    """Softmax cross-entropy with score-guided margins (LOCE Eq. 2-4)."""
+    """Softmax cross-entropy with score-guided margins (LOCE Eq. 2-4), optionally with MFS."""
 
     params: ClassVar[dict[str, Param]] = {
         "alpha": Param(0.9, low=0.0, high=1.0, doc="EMA coefficient of the mean score (Table 2)"),
@@ -62,9 +74,17 @@ class EquilibriumLoss(LongTailLoss):
             choices=("code", "paper"),
             doc="code: alpha**n_c per class and batch; paper: one EMA step per entry",
         ),
+        "margin": Param(
+            True, kind="bool", doc="score-guided margins (Eq. 3-4); false: plain softmax CE"
+        ),
+        "mfs": Param(False, kind="bool", doc="memory-augmented feature sampling (LOCE = EBL+MFS)"),
+        "mfs_size": MFS_PARAMS["size"],
+        "mfs_k": MFS_PARAMS["k"],
+        "mfs_m": MFS_PARAMS["m"],
     }
 
     mean_score: torch.Tensor
+    feature_sampling: FeatureSampling | None
 
     def __init__(
         self,
@@ -73,14 +93,22 @@ class EquilibriumLoss(LongTailLoss):
         alpha: float = 0.9,
         background_score: float = 0.01,
         update: str = "code",
+        margin: bool = True,
+        mfs: bool = False,
+        mfs_size: int = 80,
+        mfs_k: int = 8,
+        mfs_m: int = 4,
     ) -> None:
         super().__init__(num_classes=num_classes)
         self.alpha = float(alpha)
         self.background_score = float(background_score)
         self.update = update
+        self.margin = bool(margin)
         s = torch.full((num_classes + 1,), _INIT_SCORE, dtype=torch.float32)
         s[0] = self.background_score
         self.register_buffer("mean_score", s)
+        sampling = FeatureSampling(num_classes, size=mfs_size, k=mfs_k, m=mfs_m) if mfs else None
+        self.register_module("feature_sampling", sampling)
 
     @classmethod
     def num_logits(cls, num_classes: int) -> int:
@@ -118,6 +146,22 @@ class EquilibriumLoss(LongTailLoss):
             raise ValueError("ebl: RoIs sharing a gt_index have different labels")
         return lo, mean
 
+    def bind_memory(self, feature_dim: int) -> None:
+        """Allocate the MFS memory for ``[feature_dim]`` features (no-op without MFS)."""
+        if self.feature_sampling is not None:
+            self.feature_sampling.bind(feature_dim, device=self.mean_score.device)
+
+    def feature_memory(self) -> MemoryAccess | None:
+        """The MFS memory guided by ``mean_score``, ``None`` without MFS.
+
+        Raises:
+            RuntimeError: MFS is on but :meth:`bind_memory` was not called.
+        """
+        if self.feature_sampling is None:
+            return None
+        self.feature_sampling.bound_memory()
+        return MemoryAccess(self.feature_sampling, self.mean_score)
+
     @torch.no_grad()
     def update_mean_score(self, labels: torch.Tensor, values: torch.Tensor) -> None:
         """Fold score entries (``[E]`` labels in ``1..C``, ``[E]`` scores) into ``mean_score``."""
@@ -153,7 +197,7 @@ class EquilibriumLoss(LongTailLoss):
             logits: ``[N, C + 1]``, column 0 background.
             labels: ``[N]`` long in ``0..C``.
             **context: ``gt_index`` ``[N]`` long, the ground-truth object of each RoI (-1
-                background); MFS rows share one id per class.
+                background); MFS rows (appended by the trainer) share one id per class.
 
         Returns:
             ``{"loss_cls": scalar}``.
@@ -167,6 +211,8 @@ class EquilibriumLoss(LongTailLoss):
             self.update_mean_score(packed[:, 0].round().long(), packed[:, 1])
         if z.shape[0] == 0:
             return {"loss_cls": z.sum() * 0.0}
+        if not self.margin:
+            return {"loss_cls": F.cross_entropy(z, labels)}
         log_s = self.mean_score.clamp_min(_MIN_SCORE).log().to(z.dtype)
         return {"loss_cls": F.cross_entropy(z + log_s, labels)}
 

@@ -25,7 +25,9 @@ channels, T regression-target width, R sampled rows. Labels follow torchvision (
 background, ``1..C`` foreground); queue ``c`` holds label ``c + 1``.
 
 The sampled rows are appended to the batch's RoIs; give them
-:func:`memory_gt_index` ids so EBL counts one mean-score entry per sampled class.
+:func:`memory_gt_index` ids so EBL counts one mean-score entry per sampled class. A loss
+owns MFS through :class:`ltmodels.losses.feature_sampling.FeatureSampling`, and trainers
+reach it through that module's protocol.
 """
 
 from __future__ import annotations

@@ -67,8 +67,11 @@ CONFIGS = [
 OFFSETS = (-0.005, 0.0, 0.005)
 
 
-def make_study(root: Path, name: str = "rep", shift: float = 0.0) -> tuple[Path, StudySpec]:
-    spec = spec_from_dict({**SPEC, "name": name, "storage": str(root)})
+def make_study(
+    root: Path, name: str = "rep", objectives: list[str] | None = None
+) -> tuple[Path, StudySpec]:
+    search = {**SPEC["search"], "objectives": objectives or SPEC["search"]["objectives"]}
+    spec = spec_from_dict({**SPEC, "name": name, "storage": str(root), "search": search})
     study = root / name
     study.mkdir(parents=True)
     (study / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -330,3 +333,19 @@ def test_sweep_panels_numeric_and_categorical(tmp_path: Path) -> None:
     png = plot_sweeps(tmp_path / "s.png", configs, "bbox")
     assert png is not None and png.stat().st_size > 5000
     assert plot_sweeps(tmp_path / "n.png", configs[configs["loss"] == "ce"], "bbox") is None
+
+
+def test_objective_without_values_and_min_direction(tmp_path: Path) -> None:
+    """segm/APr was never computed; under (APf min, APc max) only xi=0.5 (APf 20, APc 20,
+    as every config) is on the front: hypervolume (100 - 20) * (20 - 0) = 1600."""
+    path, spec = make_study(tmp_path, objectives=["segm/APr:max", "bbox/APf:min", "bbox/APc"])
+    fill(path, spec)
+    text = write_report(path).read_text()
+    assert "No run has a value of segm/APr yet: ranked on the other objectives only." in text
+    assert "**1600.00**" in text and "reference point (100.0, 0.0)" in text
+    rows = table_rows(text, "## Pareto front")
+    assert [(r[0], r[2]) for r in rows] == [
+        ("1", "acsl(xi=0.5)"), ("2", "acsl(xi=0.7)"), ("3", "acsl(xi=0.3)"), ("4", "ce"),
+    ]  # fmt: skip
+    assert not (path / "report" / "pareto.png").exists()  # its x axis, segm/APr, is empty
+    assert "segm/APr (max): no value yet" in status_text(path)
