@@ -22,8 +22,8 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import generalized_box_iou_loss
 
 from ltmodels.losses.feature_sampling import MemoryAccess
@@ -32,7 +32,7 @@ from ltmodels.losses.mfs import MemorySample, dense_boxes
 
 @torch.no_grad()
 def dense_features(
-    heads: nn.Module,
+    heads: RoIHeads,
     features: dict[str, torch.Tensor],
     targets: list[dict[str, torch.Tensor]],
     image_shapes: list[tuple[int, int]],
@@ -56,7 +56,7 @@ def dense_features(
         deltas.append(heads.box_coder.encode_single(t["boxes"][idx], dense))
     labels_all, deltas_all = torch.cat(labels), torch.cat(deltas)
     if labels_all.numel() == 0:  # still a push (a collective under DDP), of no rows
-        width = heads.box_predictor.cls_weight.shape[1]
+        width = int(heads.box_predictor.cls_weight.shape[1])  # type: ignore[union-attr,index]
         return deltas_all.new_zeros(0, width), labels_all, deltas_all
     feats = heads.box_head(heads.box_roi_pool(features, boxes, image_shapes)).flatten(1)
     return feats, labels_all, deltas_all
@@ -64,7 +64,7 @@ def dense_features(
 
 def push_dense_features(
     memory: MemoryAccess,
-    heads: nn.Module,
+    heads: RoIHeads,
     features: dict[str, torch.Tensor],
     targets: list[dict[str, torch.Tensor]],
     image_shapes: list[tuple[int, int]],
@@ -101,7 +101,9 @@ def memory_box_loss(
     r = rows.labels.numel()
     if r == 0:
         return box_regression.sum() * 0.0
-    deltas = box_regression.reshape(r, -1, 4)[torch.arange(r), rows.labels]
+    deltas = box_regression.reshape(r, -1, 4)[
+        torch.arange(r, device=rows.labels.device), rows.labels
+    ]
     target = rows.targets.to(deltas)
     if box_loss == "giou":
         ref = deltas.new_tensor([0.0, 0.0, 1.0, 1.0]).expand(r, 4)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -115,30 +116,55 @@ def ensure_stage1(
 
     One producer: the first caller holds ``<key>.lock`` and trains (checkpointing each epoch,
     so an interrupted stage 1 resumes); the others block on the lock, then reuse it.
-    Under DDP every worker trains; rank 0 holds the lock.
+    Under DDP rank 0 alone takes the lock and decides; every worker trains when it says so
+    (the training all-reduces), and all wait until rank 0 has written the weights.
     """
     assert cfg.stage1 is not None
     key = stage1_key(cfg, spec)
     root = Path(cfg.cache_dir) / "stage1"
     final = root / key / "model.pt"
     root.mkdir(parents=True, exist_ok=True)
-    if final.exists():
+    distributed = dist_utils.is_distributed()
+    if not distributed and final.exists():
         return final, key
-    with exclusive_lock(root / f".{key}.lock"):
-        if final.exists():
-            return final, key
-        stage = cfg.stage1
-        torch.manual_seed(stage.seed)
-        model = build_model(spec, stage, train_set, device)
-        loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
-        log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
-        train_stage(model, stage, loader, device=device, ckpt_path=final.parent / "train.pt")
-        if dist_utils.rank() == 0:
-            save_checkpoint(final, model=model, epoch=stage.epochs, extra={"key": key})
-            (final.parent / "stage1.json").write_text(
-                json.dumps({"stage1": asdict(stage), "model": asdict(spec)}, default=str)
-            )
+    leader = dist_utils.rank() == 0
+    with exclusive_lock(root / f".{key}.lock") if leader else nullcontext():
+        train = not final.exists() if leader else False
+        if distributed:
+            flag = [train]
+            torch.distributed.broadcast_object_list(flag, src=0)
+            train = bool(flag[0])
+        if train:
+            _train_stage1(cfg, spec, train_set, device, final, key)
+        if distributed:
+            torch.distributed.barrier()
+        if train and leader:  # the weights are final: drop the resumable training state
+            for leftover in final.parent.glob("train.pt*"):
+                leftover.unlink(missing_ok=True)
     return final, key
+
+
+def _train_stage1(
+    cfg: TrialConfig,
+    spec: ModelSpec,
+    train_set: LVISDetection,
+    device: torch.device,
+    final: Path,
+    key: str,
+) -> None:
+    stage = cfg.stage1
+    assert stage is not None
+    torch.manual_seed(stage.seed)
+    model = build_model(spec, stage, train_set, device)
+    loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
+    log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
+    train_stage(model, stage, loader, device=device, ckpt_path=final.parent / "train.pt")
+    if dist_utils.rank() == 0:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        (final.parent / "stage1.json").write_text(
+            json.dumps({"stage1": asdict(stage), "model": asdict(spec)}, default=str)
+        )
+        save_checkpoint(final, model=model, epoch=stage.epochs, extra={"key": key})
 
 
 def _stage2_model(

@@ -8,6 +8,7 @@ flipped at random by the dataset and resized by the model's own transform (``Mod
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ltmodels import distributed as dist_utils
-from ltmodels.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltmodels.data import (
     LVISDetection,
     RandomHorizontalFlip,
@@ -93,15 +94,22 @@ def part_modules(model: nn.Module, part: str) -> list[nn.Module]:
 
 def freeze_except(model: nn.Module, parts: tuple[str, ...]) -> int:
     """Freeze every parameter outside ``parts`` (all train when empty); return how many
-    parameters stay trainable. Frozen parts also stay in eval mode (no dropout/BN update)."""
+    parameters stay trainable. BatchNorm layers left wholly frozen keep their running
+    statistics (momentum 0; they still normalise with batch statistics in training mode, as
+    in stage 1); GroupNorm, the default, has no such state."""
     if not parts:
         return sum(p.numel() for p in model.parameters() if p.requires_grad)
     for p in model.parameters():
         p.requires_grad_(False)
+    training: set[int] = set()
     for part in parts:
         for m in part_modules(model, part):
+            training.update(id(sub) for sub in m.modules())
             for p in m.parameters():
                 p.requires_grad_(True)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and id(m) not in training:
+            m.momentum = 0.0
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
@@ -149,6 +157,7 @@ def train_stage(
         )
         start = int(payload["epoch"])
         history = list(payload["extra"].get("history", []))
+        _restore_worker_rng(ckpt_path, start)
         log.info("resumed %s at epoch %d", ckpt_path, start)
     for epoch in range(start, stage.epochs):
         stats = train_one_epoch(
@@ -172,9 +181,39 @@ def train_stage(
                 epoch=epoch + 1,
                 extra={"history": history},
             )
+        _save_worker_rng(ckpt_path, epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch, stats, ckpt_path.parent)
     return history
+
+
+def _worker_rng_path(ckpt_path: Path, rank: int) -> Path:
+    return ckpt_path.with_name(f"{ckpt_path.name}.rank{rank}.rng")
+
+
+def _save_worker_rng(ckpt_path: Path, epoch: int) -> None:
+    """Under DDP, workers other than rank 0 keep their own RNG states next to the checkpoint
+    (which holds rank 0's), so a resumed run draws what each worker would have drawn."""
+    r = dist_utils.rank()
+    if r == 0:
+        return
+    path = _worker_rng_path(ckpt_path, r)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"epoch": epoch, "rng": rng_state()}, tmp)
+    os.replace(tmp, path)
+
+
+def _restore_worker_rng(ckpt_path: Path, epoch: int) -> None:
+    r = dist_utils.rank()
+    if r == 0:
+        return
+    path = _worker_rng_path(ckpt_path, r)
+    saved = torch.load(path, weights_only=True) if path.exists() else None
+    if saved is None or int(saved["epoch"]) != epoch:
+        log.warning("rank %d: no RNG state of epoch %d (using rank 0's): not exact", r, epoch)
+        return
+    set_rng_state(saved["rng"])
 
 
 class Timer:

@@ -34,6 +34,17 @@ def _token_available() -> bool:
     return Path(path).is_file() if path else (Path.home() / ".ray" / "auth_token").is_file()
 
 
+def _enable_token_mode() -> None:
+    """``RAY_AUTH_MODE=token`` for this process and its children. Ray caches its config
+    when first imported, so it is re-read, as Ray itself does for ``address="auto"``."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        from ray._raylet import Config  # type: ignore[attr-defined]
+    except ImportError:  # pragma: no cover - another Ray layout; the variable still applies
+        return
+    Config.initialize("")
+
+
 def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
     """Initialise Ray once per process; return a short description of where it runs.
 
@@ -48,7 +59,7 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         if "RAY_AUTH_MODE" not in os.environ and _token_available():
-            os.environ["RAY_AUTH_MODE"] = "token"
+            _enable_token_mode()
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError) as exc:

@@ -12,10 +12,14 @@ checkpoint ``run_trial`` keeps in that directory.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "trial_result.json"
+CHECKPOINT_FILE = "checkpoint.pt"  # what run_trial keeps in its workdir
+STORAGE_NAME = "train"  # Ray Train's run folder inside the trial's workdir
 
 
 def _train_loop(loop_config: dict[str, Any]) -> None:
@@ -29,8 +33,15 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     workdir = Path(loop_config["workdir"])
 
     def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path) -> None:
-        ckpt = Checkpoint.from_directory(str(ckpt_dir)) if rank() == 0 else None
-        ray.train.report({"epoch": epoch, **metrics}, checkpoint=ckpt)
+        # Every rank reports (Train V2 waits for all); rank 0 attaches the checkpoint file
+        # alone, from a folder of its own: the workdir also holds Ray's storage folder.
+        if rank() != 0:
+            ray.train.report({"epoch": epoch, **metrics}, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="ltsearch-ckpt-") as tmp:
+            shutil.copy2(ckpt_dir / CHECKPOINT_FILE, Path(tmp) / CHECKPOINT_FILE)
+            ckpt = Checkpoint.from_directory(tmp)
+            ray.train.report({"epoch": epoch, **metrics}, checkpoint=ckpt)
 
     result = run_trial(cfg, workdir=workdir, on_epoch=on_epoch)
     if rank() == 0:
@@ -41,12 +52,13 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
 def run_distributed(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     """Run ``cfg`` on ``resources.workers`` Ray Train workers; return its TrialResult."""
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ltmodels.trial import TrialResult, trial_config_to_dict
 
     workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / RESULT_FILE).unlink(missing_ok=True)  # never return a previous run's result
     use_gpu = resources.gpus_per_worker > 0
     per_worker = {"CPU": resources.cpus_per_worker}
     if use_gpu:
@@ -58,7 +70,11 @@ def run_distributed(cfg: Any, *, workdir: Path, resources: Any) -> Any:
         scaling_config=ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker
         ),
-        run_config=RunConfig(name="train", storage_path=str(workdir)),
+        run_config=RunConfig(
+            name=STORAGE_NAME,
+            storage_path=str(workdir),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
     )
     trainer.fit()
     return TrialResult.from_dict(json.loads((workdir / RESULT_FILE).read_text()))

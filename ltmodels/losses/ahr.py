@@ -56,7 +56,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 
 from ltmodels.errors import ConfigError
 from ltmodels.losses.base import LongTailLoss, Param, register_loss
@@ -77,6 +76,8 @@ def kmeans_clusters(class_weights: torch.Tensor, num_clusters: int, seed: int) -
         ``[C]`` long cluster index, relabelled in order of first appearance (class 0 is in
         cluster 0) and contiguous (clusters K-Means left empty are dropped).
     """
+    from sklearn.cluster import KMeans  # here: importing sklearn costs ~3 s per process
+
     w = F.normalize(class_weights.detach().double().cpu(), dim=1).numpy()
     km = KMeans(n_clusters=num_clusters, random_state=seed, n_init=_N_INIT)
     first_seen: dict[int, int] = {}
@@ -182,6 +183,10 @@ class AHRLoss(LongTailLoss):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """``sigmoid(lambda_c * cos)``: ``[N, C]`` (no margins at inference)."""
         return torch.sigmoid(self.lambda_c * _at_least_f32(logits))
+
+    def foreground_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """All C columns: this loss has no background column (column j is label j + 1)."""
+        return logits[:, : self.num_classes]
 
     def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
         counts = torch.as_tensor(image_counts, dtype=torch.float32).flatten()

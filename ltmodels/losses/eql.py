@@ -72,6 +72,10 @@ class EqualizationLoss(LongTailLoss):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(upcast(logits))
 
+    def foreground_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """All C columns: this loss has no background column (column j is label j + 1)."""
+        return logits[:, : self.num_classes]
+
     def forward(  # type: ignore[override]
         self, logits: torch.Tensor, labels: torch.Tensor, **context: Any
     ) -> dict[str, torch.Tensor]:

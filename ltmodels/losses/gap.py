@@ -54,13 +54,64 @@ from ltmodels.distributed import all_reduce_sum
 from ltmodels.losses.base import LOSSES, LongTailLoss, Param, build_loss, register_loss, upcast
 
 _ACTIVE_EPS = 1e-10
-_CHUNK = 2**24  # elements of one positives x negatives block
 
 
 def gap_class_weight(counts: torch.Tensor, gamma: float) -> torch.Tensor:
     """``w_m`` of Eq. 9 from per-class counts ``[C]`` (clamped at 1), as float64."""
     w = counts.double().clamp_min(1.0).reciprocal().pow(gamma)
     return w / (w.sum() + 1e-9) * counts.numel()
+
+
+def _ramp_sums(
+    points: torch.Tensor,
+    weights: torch.Tensor,
+    queries: torch.Tensor,
+    delta: float,
+    *,
+    queries_below: bool,
+    sorted_input: str = "",
+) -> torch.Tensor:
+    """``out[q] = sum_p weights[p] * H`` with the ramp ``H`` of Eq. 5, without the P x Q matrix.
+
+    ``queries_below=True``: ``H = clamp((points[p] - queries[q]) / 2 delta + 1/2, 0, 1)``
+    (a positive ``q`` against negatives ``p``); ``False``: the same ramp with the roles
+    swapped, ``H = clamp((queries[q] - points[p]) / 2 delta + 1/2, 0, 1)``. The points are
+    sorted once; each query sums the points where ``H = 1`` and the linear part of the ramp
+    from prefix sums (float64), so the cost is O((P + Q) log P) instead of O(P Q).
+    ``sorted_input``: ``"points"`` or ``"queries"`` when that side is already ascending
+    (sorted queries are located with one pass of counts instead of a search per query).
+    """
+    if sorted_input == "points":
+        x, w = points.double(), weights.double()
+    else:
+        order = torch.argsort(points)
+        x, w = points[order].double(), weights[order].double()
+    zero = x.new_zeros(1)
+    cw = torch.cat([zero, torch.cumsum(w, 0)])  # cw[k] = sum of the first k weights
+    cwx = torch.cat([zero, torch.cumsum(w * x, 0)])
+    q = queries.double()
+    # H rises linearly from 0 to 1 over the points x in (lo, hi] (queries_below) or falls
+    # from 1 to 0 over x in [lo, hi) (not queries_below); the ramp is continuous, so which
+    # side a tie at a boundary falls on does not change the sum.
+    search = _search_sorted_queries if sorted_input == "queries" else torch.searchsorted
+    lo = search(x, q - delta, right=True)
+    hi = search(x, q + delta, right=False)
+    mid_w = cw[hi] - cw[lo]
+    mid_wx = cwx[hi] - cwx[lo]
+    if queries_below:  # H = (x - q + delta) / 2 delta on the ramp, 1 above it
+        ramp = (mid_wx - (q - delta) * mid_w) / (2 * delta)
+        full = cw[-1] - cw[hi]
+    else:  # H = (q - x + delta) / 2 delta on the ramp, 1 below it
+        ramp = ((q + delta) * mid_w - mid_wx) / (2 * delta)
+        full = cw[lo]
+    return (ramp + full).to(queries.dtype)
+
+
+def _search_sorted_queries(x: torch.Tensor, q: torch.Tensor, *, right: bool) -> torch.Tensor:
+    """``torch.searchsorted(x, q, right=right)`` for ascending ``q``: each of the few points
+    ``x`` is placed among the many queries, and the counts are accumulated (O(P log Q + Q))."""
+    pos = torch.searchsorted(q, x, right=not right)
+    return torch.cumsum(torch.bincount(pos, minlength=q.numel() + 1), 0)[: q.numel()]
 
 
 def gap_gradient(
@@ -102,16 +153,14 @@ def gap_gradient(
     flat = s.reshape(-1)
     # Entries below min(positive) - delta have H = 0 against every positive (the code's cut).
     neg_idx = torch.nonzero(neg.reshape(-1) & (flat >= s_pos.min() - delta)).squeeze(1)
-    s_neg = flat[neg_idx]
-    fp = torch.zeros_like(s_pos)
-    g_neg = torch.zeros_like(s_neg)
-    step = max(1, _CHUNK // max(s_neg.numel(), 1))
-    for a in range(0, s_pos.numel(), step):  # bounds memory: step x Q per block
-        h = ((s_neg[None, :] - s_pos[a : a + step, None]) / (2 * delta) + 0.5).clamp(0.0, 1.0)
-        fp_blk = h.sum(1)
-        fp[a : a + step] = fp_blk
-        live = (fp_blk > _ACTIVE_EPS).to(s.dtype)
-        g_neg += (coef[a : a + step] * live / (r_plus[a : a + step] + fp_blk)) @ h
+    s_neg, order = torch.sort(flat[neg_idx])
+    neg_idx = neg_idx[order]
+    fp = _ramp_sums(
+        s_neg, torch.ones_like(s_neg), s_pos, delta, queries_below=True, sorted_input="points"
+    )
+    live = (fp > _ACTIVE_EPS).to(s.dtype)
+    a = coef * live / (r_plus + fp)
+    g_neg = _ramp_sums(s_pos, a, s_neg, delta, queries_below=False, sorted_input="queries")
     error = fp / (r_plus + fp)
     grad = torch.zeros_like(flat)
     grad[neg_idx] = g_neg

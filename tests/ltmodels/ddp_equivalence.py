@@ -39,7 +39,9 @@ class FixedSampler(BalancedPositiveNegativeSampler):
         for m in matched_idxs:
             positive = torch.where(m >= 1)[0]
             negative = torch.where(m == 0)[0]
-            num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+            num_pos = min(
+                positive.numel(), int(self.batch_size_per_image * self.positive_fraction)
+            )
             num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
             pos = positive[torch.argsort((positive * 7919) % 10007)[:num_pos]]
             neg = negative[torch.argsort((negative * 7919) % 10007)[:num_neg]]

@@ -413,3 +413,13 @@ def test_evaluate_cached_equals_engine_metrics(model, data, cache32, synth_small
     for k, v in ref.items():
         assert metrics[k] == pytest.approx(v, abs=1e-6), k
     assert len(per_category) == val.num_classes
+
+
+def test_box_deltas_of_an_empty_candidate_set() -> None:
+    """A chunk whose candidates all fall under the score threshold decodes to no boxes."""
+    from ltmodels.cached_eval import _deltas
+    from ltmodels.heads import LinearPredictor
+
+    predictor = LinearPredictor(8, 4, num_classes=3)
+    empty = torch.zeros(0, dtype=torch.long)
+    assert _deltas(predictor, torch.randn(5, 8), empty, empty).shape == (0, 4)

@@ -304,3 +304,12 @@ def test_cached_stage2_mfs_off_is_the_path_without_memory() -> None:
     assert hist_a == hist_b and "memory_rows" not in hist_a[0]
     assert all(torch.equal(v, pred_b.state_dict()[k]) for k, v in pred_a.state_dict().items())
     assert torch.equal(ebl.mean_score, inner.mean_score)
+
+
+def test_trainable_box_head_warns() -> None:
+    """The memory keeps box-head outputs: stale if the head trains (LOCE freezes it)."""
+    loss = build_loss("ebl", num_classes=C, **MFS)
+    model = full_model(loss)
+    model.roi_heads.box_head.requires_grad_(True)
+    with pytest.warns(UserWarning, match="trainable box head"):
+        model(*make_batch(0))

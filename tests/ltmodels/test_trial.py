@@ -180,9 +180,9 @@ def test_decoupled_cached_trial_learns_and_reuses_stage1_and_cache(
     second = run_trial(decoupled(data, cache_dir, train, seed=1), workdir=tmp_path / "b")
     assert calls == []
     assert [p.stat().st_mtime_ns for p in (stage1, *manifests)] == mtimes
-    assert second.timings["stage1"] < 0.5 and second.timings["cache"] < 0.5 * first.timings[
-        "cache"
-    ]
+    assert (
+        second.timings["stage1"] < 0.5 and second.timings["cache"] < 0.5 * first.timings["cache"]
+    )
     assert second.metrics["bbox/AP"] > random_ap
     assert second.metrics != first.metrics  # another seed: another predictor
 
@@ -240,7 +240,12 @@ def test_killed_trial_resumes_exactly(data: DataConfig, tmp_path: Path) -> None:
     cfg = TrialConfig(
         data=data,
         train=StageConfig(
-            loss="seesaw", epochs=3, lr=0.02, batch_size=4, warmup_iters=4, sampler="rfs",
+            loss="seesaw",
+            epochs=3,
+            lr=0.02,
+            batch_size=4,
+            warmup_iters=4,
+            sampler="rfs",
             rfs_threshold=0.3,
         ),  # fmt: skip
         model=MODEL,
@@ -326,3 +331,29 @@ def test_two_ddp_workers_on_half_batches_equal_one_process(synth: SynthPaths, tm
 def load_init(out: Path) -> dict[str, torch.Tensor]:
     """The weights both runs started from (ddp_equivalence seeds the model with 0)."""
     return torch.load(out / "init.pt", weights_only=False)
+
+
+def test_ddp_worker_rng_states_are_kept_per_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rank 0's RNG state is in the checkpoint; other ranks keep theirs next to it, and a
+    resumed worker restores its own (a stale one, of another epoch, is not used)."""
+    from ltmodels import stages
+
+    ckpt = tmp_path / "checkpoint.pt"
+    monkeypatch.setattr(stages.dist_utils, "rank", lambda: 0)
+    stages._save_worker_rng(ckpt, 2)
+    assert list(tmp_path.iterdir()) == []  # rank 0: nothing besides the checkpoint
+    monkeypatch.setattr(stages.dist_utils, "rank", lambda: 1)
+    torch.manual_seed(11)
+    stages._save_worker_rng(ckpt, 2)
+    expected = torch.rand(5)
+    torch.manual_seed(12)
+    stages._restore_worker_rng(ckpt, 2)
+    assert torch.equal(torch.rand(5), expected)
+    torch.manual_seed(12)
+    other = torch.rand(5)
+    torch.manual_seed(12)
+    stages._restore_worker_rng(ckpt, 3)  # the checkpoint is of epoch 3: file is stale
+    assert torch.equal(torch.rand(5), other)
+    assert "not exact" in caplog.text

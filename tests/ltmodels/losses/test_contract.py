@@ -221,3 +221,13 @@ def test_out_of_range_values_raise_config_error(name: str) -> None:
         for value in _invalid_values(param):
             with pytest.raises(ConfigError, match=key):
                 build_loss(name, num_classes=C, **{key: value})
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_foreground_logits_has_one_column_per_class(name: str) -> None:
+    """``foreground_logits`` maps any layout to ``[N, C]`` (GAP ranks it; the decoupled
+    schedule reads stage-1 class weights through it for AHR's clusters)."""
+    c = 6
+    loss = build_loss(name, num_classes=c)
+    logits = torch.randn(3, loss.num_logits(c))
+    assert loss.foreground_logits(logits).shape == (3, c)
