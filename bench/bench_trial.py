@@ -16,7 +16,10 @@ end-to-end trial's ``train + eval``. Stage 1 and the cache persist under ``--wor
 rerun skips them (delete the folder to measure them again).
 
     .venv/bin/python bench/bench_trial.py stage1 --epochs 8
-    .venv/bin/python bench/bench_trial.py compare --loss acsl --epochs 6
+    .venv/bin/python bench/bench_trial.py compare --loss acsl --epochs 6 [--stage1-epochs 2]
+
+``--stage1-epochs`` sets stage 1's length apart from the end-to-end trial's (``--epochs``):
+the cached trial's cost does not depend on it, only its accuracy does.
 
 Defaults follow ``studies/quickstart.yaml`` (stage 1: 6 epochs, lr 0.02, batch 4, warm-up
 100; stage 2: 8 epochs, lr 0.01, batch 8, warm-up 20) on ``SynthConfig()`` (40 classes,
@@ -143,7 +146,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         cfg = TrialConfig(
             data=data,
             train=stage2,
-            stage1=stage1_config(args, args.epochs),
+            stage1=stage1_config(args, args.stage1_epochs or args.epochs),
             schedule="decoupled",
             model=model_overrides(args),
             eval_masks=False,
@@ -188,6 +191,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("stage1", "compare"))
     parser.add_argument("--epochs", type=int, default=6, help="stage-1 / end-to-end epochs")
+    parser.add_argument(
+        "--stage1-epochs", type=int, default=None, help="compare: stage 1 (default --epochs)"
+    )
     parser.add_argument("--stage2-epochs", type=int, default=8)
     parser.add_argument("--loss", default="acsl", help="compare: the trial's loss")
     parser.add_argument("--seed", type=int, default=0)

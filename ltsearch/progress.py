@@ -18,6 +18,11 @@ def _fmt_params(config: dict[str, Any]) -> str:
     return f"{loss}" + (f"({', '.join(rest)})" if rest else "")
 
 
+def _ap(v: float) -> str:
+    """An LVIS metric as the papers print it: percent; lvis-api's -1 (undefined) as n/a."""
+    return "n/a" if v < 0 else f"{100 * v:.1f}"
+
+
 def _num(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
@@ -56,7 +61,7 @@ class ProgressPrinter(Callback):
     def _update_best(self, result: dict[str, Any], label: str) -> None:
         for o in self.objectives:
             v = result.get(o.metric)
-            if not isinstance(v, (int, float)):
+            if not isinstance(v, (int, float)) or v < 0:  # -1: undefined in LVIS
                 continue
             cur = self.best.get(o.metric)
             better = cur is None or (v > cur[0] if o.direction == "max" else v < cur[0])
@@ -72,15 +77,15 @@ class ProgressPrinter(Callback):
         label = _fmt_params(trial.config)
         self._update_best(result, label)
         vals = "  ".join(
-            f"{o.metric}={result[o.metric]:.2f}"
+            f"{o.metric} {_ap(result[o.metric])}"
             for o in self.objectives
             if isinstance(result.get(o.metric), (int, float))
         )
-        best = "  ".join(f"{m}={v:.2f}" for m, (v, _) in self.best.items())
+        best = "  ".join(f"{m} {_ap(v)}" for m, (v, _) in self.best.items())
         elapsed = time.time() - self.t0
         self._print(
             f"[{self._count()}/{self.total}] {label}: {vals}   "
-            f"({elapsed:.0f} s elapsed; best {best})"
+            f"({elapsed:.0f} s; best so far {best or 'n/a'})"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

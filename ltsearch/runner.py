@@ -36,7 +36,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,7 @@ import yaml
 
 from ltsearch.errors import SpecError
 from ltsearch.spec import StudySpec, load_spec
-from ltsearch.trainable import StudyContext, make_trial_fn, resolve_data
+from ltsearch.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
 
 SPEC_FILE = "spec.yaml"
 JOURNAL_FILE = "optuna.journal"
@@ -264,8 +264,12 @@ def run_study(
     address: str | None = None,
     resume: bool = False,
     progress: bool = True,
+    execute: Callable[..., Any] = execute_trial,
 ) -> StudyOutcome:
     """Run (or continue) a study to completion; returns where its results are.
+
+    ``execute`` runs one (configuration, seed) (:func:`ltsearch.trainable.execute_trial`;
+    the framework-overhead benchmark passes a no-op).
 
     Every user error (a different study in the directory, missing dataset files, a second
     driver, an unreachable cluster) is raised before anything is written or Ray starts.
@@ -284,7 +288,9 @@ def run_study(
         where = "nothing to run"
         if plan.to_run:
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
-            where = _fit(spec, ctx, storage, plan, address=address, progress=progress)
+            where = _fit(
+                spec, ctx, storage, plan, address=address, progress=progress, execute=execute
+            )
         elif progress:
             print(f"study {spec.name}: all {spec.n_trials} configurations done ({study_dir})")
         final = plan_study(spec, storage)
@@ -301,6 +307,7 @@ def _fit(
     *,
     address: str | None,
     progress: bool,
+    execute: Callable[..., Any],
 ) -> str:
     from ray import tune
 
@@ -313,7 +320,7 @@ def _fit(
         printer = ProgressPrinter(spec, study_dir, enabled=progress, done_before=plan.finished)
         printer.header(where)
         tuner = tune.Tuner(
-            tune.with_resources(make_trial_fn(ctx), _resources(spec)),
+            tune.with_resources(make_trial_fn(ctx, execute), _resources(spec)),
             tune_config=tune.TuneConfig(
                 search_alg=_searcher(spec, storage, plan),
                 num_samples=plan.to_run,

@@ -28,10 +28,11 @@ class SyntheticData(Strict):
     """The embedded synthetic long-tail dataset; ``None`` keeps the package default."""
 
     kind: Literal["synthetic"]
-    classes: PosInt | None = None
+    # the generator's bounds (ltmodels.data.synthetic.SynthConfig), checked at load time
+    classes: Annotated[int, Field(ge=3, le=200)] | None = None
     train_images: PosInt | None = None
     val_images: PosInt | None = None
-    image_size: Annotated[int, Field(ge=32)] | None = None
+    image_size: Annotated[int, Field(ge=64, le=1024)] | None = None
     seed: int | None = None
 
     def synth_kwargs(self) -> dict[str, int]:

@@ -150,7 +150,7 @@ ERRORS = [
      "required key is missing"),
     (lambda d: d.update(dataset={"kind": "coco"}), "dataset.kind", "unknown kind 'coco'"),
     (lambda d: d.update(dataset={"classes": 3}), "dataset.kind", "required key is missing"),
-    (lambda d: d["dataset"].update(classes=0), "dataset.classes", "greater than 0"),
+    (lambda d: d["dataset"].update(classes=0), "dataset.classes", "greater than or equal to 3"),
     (lambda d: d["dataset"].update(clases=3), "dataset.clases", "did you mean 'classes'?"),
     (lambda d: d["training"].update(stage1={"loss": "ce"}), "training.stage1",
      "schedule: decoupled only"),
