@@ -8,7 +8,6 @@ flipped at random by the dataset and resized by the model's own transform (``Mod
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ltmodels import distributed as dist_utils
+from ltmodels.atomic import write_atomic
 from ltmodels.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltmodels.data import (
     LVISDetection,
@@ -197,11 +197,8 @@ def _save_worker_rng(ckpt_path: Path, epoch: int) -> None:
     r = dist_utils.rank()
     if r == 0:
         return
-    path = _worker_rng_path(ckpt_path, r)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"epoch": epoch, "rng": rng_state()}, tmp)
-    os.replace(tmp, path)
+    state = {"epoch": epoch, "rng": rng_state()}
+    write_atomic(_worker_rng_path(ckpt_path, r), lambda fh: torch.save(state, fh))
 
 
 def _restore_worker_rng(ckpt_path: Path, epoch: int) -> None:

@@ -28,7 +28,6 @@ import os
 import re
 import socket
 import subprocess
-import uuid
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -40,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ltmodels.atomic import write_atomic
 from ltsearch.errors import StoreError
 
 TRIAL_REQUIRED = ("study", "trial_id", "config_hash", "loss", "seed", "status")
@@ -62,17 +62,7 @@ def _part_name(trial_id: str, seed: int) -> str:
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path`` so that ``path`` is either absent, old, or whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_atomic(path, lambda f: pq.write_table(table, f))
     try:  # make the rename durable too (best effort: not every filesystem allows it)
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:

@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from ltmodels.errors import ConfigError
-from ltmodels.losses.base import LongTailLoss, Param, register_loss
+from ltmodels.losses.base import LongTailLoss, Param, image_frequency, register_loss
 
 _N_INIT = 10  # K-Means restarts; fixed so that a seed fixes the clusters
 _PAPER_RATIO = 200 / 1230  # Table 3's best: 200 clusters for LVIS v0.5's 1230 classes
@@ -189,13 +189,7 @@ class AHRLoss(LongTailLoss):
         return logits[:, : self.num_classes]
 
     def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
-        counts = torch.as_tensor(image_counts, dtype=torch.float32).flatten()
-        if counts.numel() != self.num_classes or num_images <= 0:
-            raise ValueError(
-                f"ahr: expected {self.num_classes} image counts and num_images > 0, got "
-                f"{counts.numel()} counts and num_images={num_images}"
-            )
-        self.image_freq.copy_(counts / float(num_images))
+        self.image_freq.copy_(image_frequency(self, image_counts, num_images))
 
     @torch.no_grad()
     def fit_clusters(self, class_weights: torch.Tensor) -> torch.Tensor:

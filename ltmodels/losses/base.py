@@ -176,6 +176,20 @@ class LongTailLoss(nn.Module):
         raise NotImplementedError
 
 
+def image_frequency(
+    loss: LongTailLoss, image_counts: torch.Tensor, num_images: int
+) -> torch.Tensor:
+    """``[C]`` fraction of training images containing each class (EQL's ``f_j``), checked
+    against the loss's number of classes; for ``set_class_stats`` implementations."""
+    counts = torch.as_tensor(image_counts, dtype=torch.float32).flatten()
+    if counts.numel() != loss.num_classes or num_images <= 0:
+        raise ValueError(
+            f"{loss.name}: expected {loss.num_classes} image counts and num_images > 0, got "
+            f"{counts.numel()} counts and num_images={num_images}"
+        )
+    return counts / float(num_images)
+
+
 LOSSES: dict[str, type[LongTailLoss]] = {}
 
 L = TypeVar("L", bound=type[LongTailLoss])
@@ -222,6 +236,7 @@ __all__ = [
     "LongTailLoss",
     "Param",
     "build_loss",
+    "image_frequency",
     "register_loss",
     "upcast",
     "validate_params",

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, Param, image_frequency, register_loss, upcast
 
 
 @register_loss("eql")
@@ -61,13 +61,7 @@ class EqualizationLoss(LongTailLoss):
         return num_classes
 
     def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
-        counts = torch.as_tensor(image_counts, dtype=torch.float32).flatten()
-        if counts.numel() != self.num_classes or num_images <= 0:
-            raise ValueError(
-                f"eql: expected {self.num_classes} image counts and num_images > 0, got "
-                f"{counts.numel()} counts and num_images={num_images}"
-            )
-        self.image_freq.copy_(counts / float(num_images))
+        self.image_freq.copy_(image_frequency(self, image_counts, num_images))
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(upcast(logits))
