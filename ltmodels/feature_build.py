@@ -252,7 +252,7 @@ def build_feature_cache(
     with exclusive_lock(root / f".{key}.lock"):
         problem = cache_problem(final, expected)
         if problem is None:
-            log.info("feature cache %s: reusing", final)
+            log.debug("feature cache %s: reusing", final)
             return FeatureCache.open(final, expected=expected)
         if final.exists():
             log.warning("feature cache %s is unusable (%s); rebuilding", final, problem)

@@ -158,7 +158,20 @@ def _train_stage1(
     model = build_model(spec, stage, train_set, device)
     loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
     log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
-    train_stage(model, stage, loader, device=device, ckpt_path=final.parent / "train.pt")
+
+    def progress(epoch: int, stats: dict[str, float], _ckpt: Path) -> None:
+        log.info(
+            "stage 1 (%s): epoch %d/%d, loss %.3f, %.0f s",
+            stage.loss,
+            epoch + 1,
+            stage.epochs,
+            stats["loss"],
+            stats["seconds"],
+        )
+
+    train_stage(
+        model, stage, loader, device=device, ckpt_path=final.parent / "train.pt", on_epoch=progress
+    )
     if dist_utils.rank() == 0:
         final.parent.mkdir(parents=True, exist_ok=True)
         (final.parent / "stage1.json").write_text(
@@ -179,7 +192,7 @@ def _stage2_model(
     weights_only = {k: v for k, v in state.items() if not k.startswith("roi_heads.cls_loss.")}
     skipped = [k for k in load_matching(model, weights_only) if "cls_loss." not in k]
     if skipped:
-        log.info("stage 2 starts these from scratch (shape differs from stage 1): %s", skipped)
+        log.debug("stage 2 starts these from scratch (shape differs from stage 1): %s", skipped)
     loss = model.roi_heads.cls_loss
     if hasattr(loss, "fit_clusters"):
         assert cfg.stage1 is not None

@@ -128,7 +128,12 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     if not dist_utils.is_distributed():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # No buffer broadcast: loss statistics are already all-reduced by the losses themselves
+    # (identical on every worker), and an MFS memory at LVIS scale is ~400 MB that DDP would
+    # otherwise send from rank 0 on every forward. GroupNorm (the default) has no buffers.
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False
+    )
 
 
 def train_stage(

@@ -14,7 +14,9 @@ runs as a Ray Train ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU), see
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -213,6 +215,17 @@ def execute_trial(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     return run_distributed(cfg, workdir=workdir, resources=resources)
 
 
+def _log_to_driver() -> None:
+    """Show ltmodels' progress lines (stage 1 epochs, cache builds) on the driver: Ray
+    forwards a worker's stdout there, prefixed with the trial's process."""
+    logger = logging.getLogger("ltmodels")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial):
     """The Tune function trainable of a study (``config`` holds the flat Optuna params)."""
 
@@ -221,6 +234,7 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
 
         from ltsearch.space import params_to_config
 
+        _log_to_driver()
         spec = ctx.study()
         choice = params_to_config(config)
         tid = tune.get_context().get_trial_id() or "local"

@@ -20,6 +20,8 @@ def main() -> None:
     config, workdir, result = sys.argv[1:4]
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    # the cache reports reuse at debug level (one line per trial would flood a study)
+    logging.getLogger("ltmodels.feature_build").setLevel(logging.DEBUG)
     from ltmodels.trial import run_trial, trial_config_from_dict
 
     cfg = trial_config_from_dict(json.loads(Path(config).read_text()))
