@@ -195,12 +195,18 @@ def _prefixed(choice: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
-    """Mean of every metric over seeds (NaN-aware: a metric missing in a seed is skipped)."""
+    """Mean of every metric over the seeds where it is defined.
+
+    LVIS reports -1 for a metric it cannot define (e.g. APf without frequent classes in the
+    validation set); such values, NaN and missing keys are left out of the mean, and a
+    metric undefined in every seed stays -1 (NaN when no seed reported it at all).
+    """
     keys = sorted({k for m in per_seed for k in m})
     out = {}
     for k in keys:
-        vals = [m[k] for m in per_seed if k in m and not math.isnan(m[k])]
-        out[k] = sum(vals) / len(vals) if vals else float("nan")
+        seen = [m[k] for m in per_seed if k in m and not math.isnan(m[k])]
+        vals = [v for v in seen if v >= 0]
+        out[k] = sum(vals) / len(vals) if vals else (-1.0 if seen else float("nan"))
     return out
 
 
