@@ -90,6 +90,15 @@ class StudySpec(Strict):
                         "segm metrics need masks; use a bbox metric or set model.masks: true",
                         path=["search", "objectives", i],
                     )
+        stage2 = self.training.stage2
+        if stage2 is not None and stage2.feature_cache and not stage2.full_eval:
+            for i, obj in enumerate(self.search.parsed_objectives):
+                if obj.metric.startswith("segm/"):
+                    raise SpecError(
+                        "feature-cache trials report box metrics only; set "
+                        "training.stage2.full_eval: true for segm metrics, or use a bbox metric",
+                        path=["search", "objectives", i],
+                    )
         self._check_trials()
         for i, point in enumerate(self.search.initial_points):
             check_point(point, self.loss, ["search", "initial_points", i])

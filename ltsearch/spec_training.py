@@ -93,6 +93,9 @@ class Stage2(Optim):
 
     finetune: list[FinetunePart] = Field(default_factory=_predictor_only, min_length=1)
     use_feature_cache: StrictBool | None = None
+    # feature-cache trials report box metrics from the cache; full_eval also runs the whole
+    # model over the validation set (masks, segm metrics): slower, for the trials that matter
+    full_eval: StrictBool = False
 
     @model_validator(mode="after")
     def _cache(self) -> Stage2:
@@ -103,6 +106,12 @@ class Stage2(Optim):
                 f"the feature cache freezes everything but the box predictor, but finetune is "
                 f"{self.finetune}; set use_feature_cache: false or finetune: [box_predictor]",
                 path=["use_feature_cache"],
+            )
+        if self.full_eval and not self.feature_cache:
+            raise SpecError(
+                "applies to feature-cache trials only (other trials always evaluate the whole "
+                "model); remove it or use finetune: [box_predictor]",
+                path=["full_eval"],
             )
         return self
 

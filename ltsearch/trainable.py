@@ -89,6 +89,7 @@ def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], 
 
     t = spec.training
     loss = {"loss": choice["loss"], "loss_params": dict(choice["loss_params"])}
+    full_eval = t.stage2 is not None and t.stage2.full_eval
     device = "cuda" if spec.resources.gpus_per_worker > 0 else "cpu"
     if t.schedule == "end_to_end":
         train = StageConfig(**t.optim(), **loss, seed=seed)
@@ -114,6 +115,7 @@ def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], 
         eval_masks=bool(spec.model.masks if spec.model.masks is not None else True),
         device=device,
         cache_dir=ctx.cache_dir,
+        full_eval=full_eval,
     )
 
 

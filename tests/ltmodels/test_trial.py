@@ -357,3 +357,31 @@ def test_ddp_worker_rng_states_are_kept_per_rank(
     stages._restore_worker_rng(ckpt, 3)  # the checkpoint is of epoch 3: file is stale
     assert torch.equal(torch.rand(5), other)
     assert "not exact" in caplog.text
+
+
+@pytest.mark.slow
+def test_cached_trial_full_eval_adds_segm_metrics(data: DataConfig, tmp_path: Path) -> None:
+    """``full_eval``: the box metrics still come from the cache (equal with and without it,
+    same seed); the whole model's pass adds the segm metrics and their per-category rows."""
+    train = StageConfig(
+        loss="ce",
+        epochs=1,
+        lr=0.01,
+        batch_size=8,
+        warmup_iters=2,
+        finetune=("box_predictor",),
+        use_feature_cache=True,
+    )
+    cfg = replace(
+        decoupled(data, str(tmp_path / "cache"), train),
+        stage1=replace(STAGE1, epochs=1),
+        model={**MODEL, "masks": True},
+        eval_masks=True,
+        full_eval=True,
+    )
+    full = run_trial(cfg, workdir=tmp_path / "full")
+    assert "segm/AP" in full.metrics and "full_eval" in full.timings
+    assert {r["iou_type"] for r in full.categories} == {"bbox", "segm"}
+    boxes_only = run_trial(replace(cfg, full_eval=False), workdir=tmp_path / "boxes")
+    assert not any(k.startswith("segm/") for k in boxes_only.metrics)
+    assert boxes_only.metrics["bbox/AP"] == full.metrics["bbox/AP"]

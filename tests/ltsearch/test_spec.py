@@ -345,3 +345,17 @@ def test_synthetic_dataset_mirrors_synth_config() -> None:
     assert spec.kind == "synthetic"
     cfg = synthetic.SynthConfig(**spec.synth_kwargs())
     assert (cfg.num_classes, cfg.train_images, cfg.image_size) == (5, 7, 64)
+
+
+def test_full_eval_belongs_to_feature_cache_trials() -> None:
+    """stage2.full_eval: allowed (and needed for segm objectives) with the feature cache; an
+    error, naming the key, when stage 2 fine-tunes more than the box predictor."""
+    raw = yaml.safe_load(DESIGN_YAML)
+    raw["search"]["objectives"] = ["segm/APr:max", "bbox/APf:max"]
+    with pytest.raises(SpecError, match=r"search\.objectives\.0: feature-cache trials"):
+        spec_from_dict(raw)
+    raw["training"]["stage2"]["full_eval"] = True
+    assert spec_from_dict(raw).training.stage2.full_eval is True
+    raw["training"]["stage2"]["finetune"] = ["box_predictor", "rpn"]
+    with pytest.raises(SpecError, match=r"training\.stage2\.full_eval: applies to"):
+        spec_from_dict(raw)
