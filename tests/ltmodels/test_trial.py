@@ -87,6 +87,21 @@ def decoupled(data: DataConfig, cache_dir: str, train: StageConfig, seed: int = 
     )
 
 
+def cached_ce_trial(data: DataConfig, tmp_path: Path, *, epochs: int) -> TrialConfig:
+    """A decoupled CE trial on the feature cache, with a 1-epoch stage 1 under tmp_path."""
+    train = StageConfig(
+        loss="ce",
+        epochs=epochs,
+        lr=0.01,
+        batch_size=8,
+        warmup_iters=2,
+        finetune=("box_predictor",),
+        use_feature_cache=True,
+    )
+    cache = str(tmp_path / "cache")
+    return replace(decoupled(data, cache, train), stage1=replace(STAGE1, epochs=1))
+
+
 def assert_learned(res: TrialResult, random_ap: float, epochs: int) -> None:
     losses = [e["loss"] for e in res.epochs]
     assert len(losses) == epochs
@@ -211,18 +226,7 @@ def test_config_round_trip(data: DataConfig, cache_dir: str) -> None:
 def test_concurrent_trials_train_stage1_and_build_the_cache_once(
     data: DataConfig, tmp_path: Path
 ) -> None:
-    train = StageConfig(
-        loss="ce",
-        epochs=2,
-        lr=0.01,
-        batch_size=8,
-        warmup_iters=2,
-        finetune=("box_predictor",),
-        use_feature_cache=True,
-    )
-    cfg = replace(
-        decoupled(data, str(tmp_path / "cache"), train), stage1=replace(STAGE1, epochs=1)
-    )
+    cfg = cached_ce_trial(data, tmp_path, epochs=2)
     procs = [start_trial(cfg, tmp_path / f"run{i}", "trial") for i in range(2)]
     logs = [p.communicate(timeout=300)[1] for p, _ in procs]
     for (p, _), log in zip(procs, logs, strict=True):
@@ -363,18 +367,8 @@ def test_ddp_worker_rng_states_are_kept_per_rank(
 def test_cached_trial_full_eval_adds_segm_metrics(data: DataConfig, tmp_path: Path) -> None:
     """``full_eval``: the box metrics still come from the cache (equal with and without it,
     same seed); the whole model's pass adds the segm metrics and their per-category rows."""
-    train = StageConfig(
-        loss="ce",
-        epochs=1,
-        lr=0.01,
-        batch_size=8,
-        warmup_iters=2,
-        finetune=("box_predictor",),
-        use_feature_cache=True,
-    )
     cfg = replace(
-        decoupled(data, str(tmp_path / "cache"), train),
-        stage1=replace(STAGE1, epochs=1),
+        cached_ce_trial(data, tmp_path, epochs=1),
         model={**MODEL, "masks": True},
         eval_masks=True,
         full_eval=True,
