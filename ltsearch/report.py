@@ -1,7 +1,8 @@
-"""``ltsearch report`` and ``ltsearch status``: what a study directory holds, read from disk.
+"""``ltsearch report``: what a study directory holds, read from disk.
 
-Both read only ``spec.yaml`` and the parquet parts (no Ray), so they work while the study
-is still running: the report shows the runs finished so far. ``write_report`` writes
+It reads only ``spec.yaml`` and the parquet parts (no Ray), so it works while the study
+is still running: the report shows the runs finished so far (``ltsearch status``, a
+quicker look, is :mod:`ltsearch.status`). ``write_report`` writes
 ``DIR/report.md`` and its figures and tables under ``DIR/report/``:
 
 - ``pareto.png``: objective x against y (default: the first two objectives), the front;
@@ -33,8 +34,6 @@ from ltsearch.report_sections import (
 from ltsearch.report_tables import (
     GROUP_METRICS,
     Summary,
-    config_label,
-    config_params,
     groups_md,
     prepare_runs,
     summarize,
@@ -45,7 +44,6 @@ from ltsearch.spec_sections import METRICS, Objective
 from ltsearch.store import ResultStore
 
 REPORT_FILE = "report.md"
-MAX_STATUS_FAILURES = 20
 PLOTS = ("pareto.png", "compare.png", "sweeps.png", "groups.png")
 
 
@@ -189,58 +187,4 @@ def write_report(
     return path
 
 
-def status_text(study_dir: Path) -> str:
-    """Progress of a study from its parquet parts: configurations and runs done against
-    the spec's budget, failures (first line of each error), best so far per objective."""
-    study_dir = Path(study_dir)
-    spec = load_study_dir(study_dir)
-    seeds = spec.search.seeds
-    runs = ResultStore(study_dir).load_trials()
-    lines = [f"study {spec.name} ({study_dir})"]
-    n_cfg, n_runs = spec.n_trials, spec.n_trials * len(seeds)
-    if runs.empty:
-        return "\n".join(
-            [*lines, f"  no run finished yet (0/{n_cfg} configurations, 0/{n_runs} runs)"]
-        )
-    runs, _ = prepare_runs(runs)
-    ok = runs[runs["status"] == "ok"]
-    per_cfg = ok.groupby("config_hash")["seed"].agg(lambda s: set(s) >= set(seeds))
-    lines.append(
-        f"  configurations: {int(per_cfg.sum())}/{n_cfg} done with every seed "
-        f"({runs['config_hash'].nunique()} started)"
-    )
-    lines.append(
-        f"  runs: {len(runs)}/{n_runs} (config x seed): {len(ok)} ok, {len(runs) - len(ok)} failed"
-    )
-    failed = runs[runs["status"] != "ok"].sort_values(["config_hash", "seed"])
-    for _, r in failed.iloc[:MAX_STATUS_FAILURES].iterrows():
-        err = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
-        label = config_label(str(r["loss"]), config_params(r, str(r["loss"])))
-        lines.append(f"    FAILED {str(r['config_hash'])[:8]} {label} seed {r['seed']}: {err[0]}")
-    if len(failed) > MAX_STATUS_FAILURES:
-        lines.append(f"    ... and {len(failed) - MAX_STATUS_FAILURES} more failed run(s)")
-    lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
-    lines += _best_lines(ok, spec.search.parsed_objectives)
-    return "\n".join(lines)
-
-
-def _best_lines(ok: pd.DataFrame, objectives: Sequence[Objective]) -> list[str]:
-    out = []
-    for o in objectives:
-        means = ok.groupby("config_hash")[o.metric].mean().dropna() if o.metric in ok else None
-        if means is None or means.empty:
-            out.append(f"    {o.metric} ({o.direction}): no value yet")
-            continue
-        best = means.idxmax() if o.direction == "max" else means.idxmin()
-        rows = ok[ok["config_hash"] == best]
-        label = config_label(
-            str(rows["loss"].iloc[0]), config_params(rows.iloc[0], str(rows["loss"].iloc[0]))
-        )
-        out.append(
-            f"    {o.metric} ({o.direction}): {means[best]:.2f}  {label} "
-            f"[{str(best)[:8]}, {len(rows)} seed(s)]"
-        )
-    return out
-
-
-__all__ = ["REPORT_FILE", "status_text", "write_report"]
+__all__ = ["REPORT_FILE", "write_report"]

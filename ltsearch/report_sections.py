@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltmodels.losses import LOSSES
+from ltmodels.losses.domains import DOMAINS
 from ltsearch.pareto import hypervolume, prob_dominates
 from ltsearch.report_plots import front_xy
 from ltsearch.report_tables import (
@@ -201,7 +201,7 @@ def match_reference(spec: StudySpec, configs: pd.DataFrame, row: dict[str, Any])
     (floats within 1e-6; a parameter the run did not record counts as its default)."""
     loss = point_loss(row, spec.loss, ["reference"])
     hit = configs[configs["loss"] == loss] if not configs.empty else configs
-    domains = LOSSES[loss].params
+    domains = DOMAINS[loss]
     for key, want in row.items():
         if key == "loss" or key in METRIC_NAMES or hit.empty:
             continue

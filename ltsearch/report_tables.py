@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from ltsearch.pareto import pareto_rank, seed_summary
+from ltsearch.rows import PARAM_PREFIX, config_label, config_params
 from ltsearch.spec_sections import Objective
 
-PARAM_PREFIX = "param."
 GROUP_METRICS = ("AP", "APr", "APc", "APf")
 DETAIL_LIMIT = 300  # configurations given bootstrap intervals (best ranked first)
 N_BOOT = 2000
@@ -75,24 +75,6 @@ def prepare_runs(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     scale = 1.0 if np.nanmax(np.append(values.to_numpy(), 0.0)) > 1.0 else 100.0
     out[cols] = values * scale
     return out, scale
-
-
-def config_label(loss: str, params: dict[str, Any]) -> str:
-    """``acsl(xi=0.7)``: a configuration as a reader names it."""
-    items = [f"{k}={f'{v:.4g}' if isinstance(v, float) else v}" for k, v in params.items()]
-    return f"{loss}({', '.join(items)})" if items else loss
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, float) and math.isnan(value))
-
-
-def config_params(row: pd.Series, loss: str) -> dict[str, Any]:
-    """The parameter values a run row gives for its loss (missing ones left out)."""
-    prefix = f"{PARAM_PREFIX}{loss}."
-    return {
-        k[len(prefix) :]: row[k] for k in row.index if k.startswith(prefix) and _present(row[k])
-    }
 
 
 def _identity(ok: pd.DataFrame) -> pd.DataFrame:

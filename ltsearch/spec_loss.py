@@ -10,7 +10,8 @@ A parameter's *space* is written in YAML as one of::
     k:  {int: [1, 8]}                # optional step
 
 Every value and bound is checked against the loss's :class:`ltmodels.losses.Param` domain
-and coerced to its type (an ``int`` parameter written ``2.0`` becomes ``2``).
+(:data:`ltmodels.losses.domains.DOMAINS`, which needs no torch) and coerced to its type
+(an ``int`` parameter written ``2.0`` becomes ``2``).
 Errors raise :class:`ltsearch.errors.SpecError` with the key path inside the section.
 """
 
@@ -24,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ltmodels.errors import ConfigError
-from ltmodels.losses import LOSSES, Param
+from ltmodels.losses.domains import DOMAINS, Param
 from ltsearch.errors import SpecError
 
 SPACE_KINDS = ("fixed", "grid", "categorical", "uniform", "loguniform", "int")
@@ -197,14 +198,14 @@ class ParamSpace(Strict):
 
 def _check_loss(name: str, params: Mapping[str, ParamSpace]) -> dict[str, ParamSpace]:
     """Check a loss name and its parameter spaces; return the coerced spaces."""
-    if name not in LOSSES:
-        near = difflib.get_close_matches(name, list(LOSSES), n=1)
+    if name not in DOMAINS:
+        near = difflib.get_close_matches(name, list(DOMAINS), n=1)
         hint = f"did you mean {near[0]!r}? " if near else ""
         raise SpecError(
-            f"unknown loss {name!r}; {hint}valid losses: {', '.join(sorted(LOSSES))}",
+            f"unknown loss {name!r}; {hint}valid losses: {', '.join(sorted(DOMAINS))}",
             path=["name"],
         )
-    domains = LOSSES[name].params
+    domains = DOMAINS[name]
     out = {}
     for pname, space in params.items():
         if pname not in domains:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ltmodels.errors import ConfigError
-from ltmodels.losses import LOSSES
+from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
 from ltsearch.spec_loss import LossSpec
 from ltsearch.spec_sections import METRIC_NAMES
@@ -34,9 +34,9 @@ def point_loss(point: Mapping[str, Any], loss: LossSpec, path: list[str | int]) 
             f"missing; this study searches several losses, give loss: one of {', '.join(names)}",
             path=[*path, "loss"],
         )
-    if name not in LOSSES:
+    if name not in DOMAINS:
         raise SpecError(
-            f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}",
+            f"unknown loss {name!r}; valid losses: {', '.join(sorted(DOMAINS))}",
             path=[*path, "loss"],
         )
     return str(name)
@@ -44,7 +44,7 @@ def point_loss(point: Mapping[str, Any], loss: LossSpec, path: list[str | int]) 
 
 def check_param_value(loss: str, name: str, value: Any, path: list[str | int]) -> Any:
     """``value`` checked against the loss parameter's domain and coerced to its type."""
-    domains = LOSSES[loss].params
+    domains = DOMAINS[loss]
     if name not in domains:
         raise SpecError(
             f"unknown parameter of loss {loss!r}; valid: {', '.join(domains) or 'none'}", path=path

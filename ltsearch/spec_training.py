@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, StrictBool, model_validator
 
 from ltmodels.errors import ConfigError
-from ltmodels.losses import LOSSES
+from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
 from ltsearch.spec_loss import Strict
 from ltsearch.spec_sections import PosFloat, PosInt
@@ -62,12 +62,12 @@ class Stage1(Optim):
 
     @model_validator(mode="after")
     def _loss(self) -> Stage1:
-        if self.loss not in LOSSES:
+        if self.loss not in DOMAINS:
             raise SpecError(
-                f"unknown loss {self.loss!r}; valid losses: {', '.join(sorted(LOSSES))}",
+                f"unknown loss {self.loss!r}; valid losses: {', '.join(sorted(DOMAINS))}",
                 path=["loss"],
             )
-        domains = LOSSES[self.loss].params
+        domains = DOMAINS[self.loss]
         checked = {}
         for k, v in self.loss_params.items():
             if k not in domains:

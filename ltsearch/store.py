@@ -33,14 +33,16 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ltmodels.atomic import write_atomic
 from ltsearch.errors import StoreError
+
+if TYPE_CHECKING:  # pandas is imported where a frame is built (`ltsearch status` needs none)
+    import pandas as pd
 
 TRIAL_REQUIRED = ("study", "trial_id", "config_hash", "loss", "seed", "status")
 STATUSES = ("ok", "failed")
@@ -101,7 +103,44 @@ def _concat(tables: list[pa.Table]) -> pa.Table | pd.DataFrame:
     try:
         return pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowTypeError, pa.ArrowInvalid):  # a column changed type between parts
+        import pandas as pd
+
         return pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+
+
+def _load_merged(
+    directory: Path, cache: Path | None, *, update: bool = True
+) -> pa.Table | pd.DataFrame | None:
+    """Every part's rows, without the private columns (:func:`load_parts`); None if none.
+
+    ``update=False`` reads the cache but neither tags the new parts nor rewrites the cache:
+    building the tag columns from Python values makes pyarrow import pandas.
+    """
+    current = _scan(directory)
+    cached = _read_cache(cache, current)
+    have = set() if cached is None else set(cached.column("_part").to_pylist())
+    todo = sorted(n for n in current if n not in have)
+
+    def read(n: str) -> pa.Table:
+        part = _read_part(directory / n)
+        return _tag(part, n, current[n]) if update else part
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        new = list(pool.map(read, todo))
+    tables = ([cached] if cached is not None and cached.num_rows else []) + new
+    if not tables:
+        return None
+    merged = _concat(tables)
+    if not isinstance(merged, pa.Table):  # pandas merged columns of different types
+        private = [c for c in _PRIVATE if c in merged.columns]
+        return merged.drop(columns=private).reset_index(drop=True)
+    private = [c for c in _PRIVATE if c in merged.column_names]
+    if update and cache is not None and (todo or cached is None):
+        try:
+            write_parquet_atomic(merged, cache)
+        except OSError:
+            pass  # a read-only results directory still loads, just without the cache
+    return merged.drop_columns(private)
 
 
 def load_parts(directory: Path, cache: Path | None = None) -> pd.DataFrame:
@@ -112,24 +151,12 @@ def load_parts(directory: Path, cache: Path | None = None) -> pd.DataFrame:
     part's name, mtime and size: a later load reads the cache plus only the parts that
     are new or were replaced since, and rewrites the cache (best effort, atomically).
     """
-    current = _scan(directory)
-    cached = _read_cache(cache, current)
-    have = set() if cached is None else set(cached.column("_part").to_pylist())
-    todo = sorted(n for n in current if n not in have)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        new = list(pool.map(lambda n: _tag(_read_part(directory / n), n, current[n]), todo))
-    tables = ([cached] if cached is not None and cached.num_rows else []) + new
-    if not tables:
+    import pandas as pd
+
+    merged = _load_merged(directory, cache)
+    if merged is None:
         return pd.DataFrame()
-    merged = _concat(tables)
-    if isinstance(merged, pd.DataFrame):
-        return merged.drop(columns=list(_PRIVATE)).reset_index(drop=True)
-    if cache is not None and (todo or cached is None):
-        try:
-            write_parquet_atomic(merged, cache)
-        except OSError:
-            pass  # a read-only results directory still loads, just without the cache
-    return merged.drop_columns(list(_PRIVATE)).to_pandas()
+    return merged.to_pandas() if isinstance(merged, pa.Table) else merged
 
 
 _PRIVATE = ("_part", "_mtime_ns", "_size")
@@ -147,7 +174,7 @@ def _read_cache(cache: Path | None, current: dict[str, tuple[int, int]]) -> pa.T
     if cache is None or not cache.is_file():
         return None
     try:
-        table = pq.read_table(cache)
+        table = pq.ParquetFile(cache).read()  # not read_table: pyarrow.dataset imports pandas
     except (OSError, pa.ArrowInvalid):
         return None  # a damaged cache is rebuilt from the parts
     if any(c not in table.column_names for c in _PRIVATE):
@@ -156,7 +183,20 @@ def _read_cache(cache: Path | None, current: dict[str, tuple[int, int]]) -> pa.T
     mtimes = table.column("_mtime_ns").to_pylist()
     sizes = table.column("_size").to_pylist()
     keep = [current.get(n) == (m, s) for n, m, s in zip(names, mtimes, sizes, strict=True)]
-    return table.filter(pa.array(keep, pa.bool_()))
+    return _rows_where(table, keep)
+
+
+def _rows_where(table: pa.Table, keep: list[bool]) -> pa.Table:
+    """The rows of ``table`` where ``keep`` is true, as slices (``Table.filter`` would
+    import pandas, through pyarrow.compute, which ``ltsearch status`` does without)."""
+    pieces, start = [], None
+    for i, k in enumerate([*keep, False]):
+        if k and start is None:
+            start = i
+        elif not k and start is not None:
+            pieces.append(table.slice(start, i - start))
+            start = None
+    return pa.concat_tables(pieces) if pieces else table.slice(0, 0)
 
 
 class ResultStore:
@@ -221,6 +261,17 @@ class ResultStore:
     def load_trials(self) -> pd.DataFrame:
         """Every trial x seed row written so far (empty frame when none)."""
         return self._load("trials")
+
+    def trial_rows(self) -> list[dict[str, Any]]:
+        """The rows of :meth:`load_trials` as dicts (nulls are None), read without pandas
+        (the cache is read, not rewritten: ``ltsearch status`` reads, the runner keeps it)."""
+        cache = self.root / CACHE_DIR / "trials.parquet"
+        merged = _load_merged(self.path("trials"), cache, update=False)
+        if merged is None:
+            return []
+        if isinstance(merged, pa.Table):
+            return merged.to_pylist()
+        return [{str(k): v for k, v in r.items()} for r in merged.to_dict("records")]
 
     def load_epochs(self) -> pd.DataFrame:
         """Every run's per-epoch rows, with ``trial_id`` and ``seed``."""

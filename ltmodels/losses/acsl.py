@@ -42,13 +42,14 @@ resumes with the same stream; the released code uses ``np.random``.
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ltmodels.distributed import rank
-from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
+from ltmodels.losses.domains import DOMAINS
 
 RARE, COMMON, FREQUENT = 0, 1, 2
 # Fractions of background RoIs that keep the rare / common negatives (ACSL Sec. 4.2).
@@ -76,18 +77,7 @@ def lvis_frequency_groups(image_counts: torch.Tensor) -> torch.Tensor:
 class ACSLLoss(LongTailLoss):
     """Adaptive class suppression sigmoid loss (ACSL Eq. 5-7) with Sec. 4.2 background rule."""
 
-    params: ClassVar[dict[str, Param]] = {
-        "xi": Param(0.7, low=0.0, high=1.0, doc="confusion threshold xi (Table 2: 0.7 best)"),
-        "background": Param(
-            "code",
-            kind="choice",
-            choices=("code", "paper"),
-            doc="code: xi rule also on the background column; paper: Eq. 5 over C classes",
-        ),
-        "seed": Param(
-            0, kind="int", low=0, high=2**31 - 1, doc="seed of the background-RoI draws"
-        ),
-    }
+    params = DOMAINS["acsl"]
 
     groups: torch.Tensor
     draws: torch.Tensor

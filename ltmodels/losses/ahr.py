@@ -58,7 +58,8 @@ import torch
 import torch.nn.functional as F
 
 from ltmodels.errors import ConfigError
-from ltmodels.losses.base import LongTailLoss, Param, image_frequency, register_loss
+from ltmodels.losses.base import LongTailLoss, image_frequency, register_loss
+from ltmodels.losses.domains import DOMAINS
 
 _N_INIT = 10  # K-Means restarts; fixed so that a seed fixes the clusters
 _PAPER_RATIO = 200 / 1230  # Table 3's best: 200 clusters for LVIS v0.5's 1230 classes
@@ -107,31 +108,7 @@ class AHRLoss(LongTailLoss):
     """Coarse (cluster) plus fine (class, adaptive in-cluster margins) sigmoid loss."""
 
     predictor: ClassVar[str] = "cosine"
-    params: ClassVar[dict[str, Param]] = {
-        "num_clusters": Param(
-            0, kind="int", low=0, doc="K-Means clusters n; 0 = round(C * 200 / 1230) (Table 3)"
-        ),
-        "lambda_m": Param(2.0, low=0.0, high=100.0, doc="margin scale lambda_m (Eq. 10)"),
-        "lambda_": Param(1.0, low=0.0, high=100.0, doc="coarse-loss weight lambda (Eq. 4)"),
-        "lambda_c": Param(20.0, low=1e-3, high=256.0, doc="class cosine scale (Eq. 2)"),
-        "lambda_p": Param(20.0, low=1e-3, high=256.0, doc="cluster cosine scale (Eq. 6)"),
-        "eql": Param(True, kind="bool", doc="EQL weighting of fine negatives (Eq. 13)"),
-        "lambda_r": Param(1.76e-3, low=0.0, high=1.0, doc="EQL tail threshold (Eq. 13)"),
-        "eq13": Param(
-            "text",
-            kind="choice",
-            choices=("text", "printed"),
-            doc="negatives x (1 - E T) as EQL/text, or x E T as printed",
-        ),
-        "normalization": Param(
-            "num_rois",
-            kind="choice",
-            choices=("num_rois", "num_elements"),
-            doc="divide summed BCE by N or by the number of entries",
-        ),
-        "margin_grad": Param(False, kind="bool", doc="margins M carry gradient"),
-        "seed": Param(0, kind="int", low=0, high=2**31 - 1, doc="K-Means random_state"),
-    }
+    params = DOMAINS["ahr"]
 
     cluster: torch.Tensor
     fitted: torch.Tensor

@@ -23,75 +23,14 @@ Losses whose ``predictor`` is ``"cosine"`` receive cosine similarities in ``[-1,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
 
 from ltmodels.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Param:
-    """Domain of one loss hyperparameter, used for validation and by study specs.
-
-    Args:
-        default: the paper's default (equals the constructor's default).
-        low, high: inclusive numeric bounds (``None`` = unbounded).
-        choices: allowed values for categorical parameters.
-        kind: ``"float"``, ``"int"``, ``"bool"`` or ``"choice"``.
-        doc: one line shown in error messages and ``ltsearch`` help.
-    """
-
-    default: Any
-    kind: str = "float"
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[Any, ...] | None = None
-    doc: str = ""
-
-    def describe(self) -> str:
-        if self.kind == "choice":
-            dom = "one of " + "|".join(map(str, self.choices or ()))
-        elif self.kind == "bool":
-            dom = "true|false"
-        else:
-            lo = "-inf" if self.low is None else f"{self.low:g}"
-            hi = "inf" if self.high is None else f"{self.high:g}"
-            dom = f"{self.kind} in [{lo}, {hi}]"
-        return f"{dom} (default {self.default!r})"
-
-    def check(self, loss: str, name: str, value: Any) -> Any:
-        """Return ``value`` coerced to the parameter's type or raise :class:`ConfigError`."""
-        bad = ConfigError(
-            f"loss {loss!r}: parameter {name}={value!r} is invalid; expected {self.describe()}"
-        )
-        if self.kind == "choice":
-            if value not in (self.choices or ()):
-                raise bad
-            return value
-        if self.kind == "bool":
-            if not isinstance(value, bool):
-                raise bad
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        if not math.isfinite(value):  # before int(): int(nan) and int(inf) raise
-            raise bad
-        if self.kind == "int":
-            if float(value) != int(value):
-                raise bad
-            value = int(value)
-        else:
-            value = float(value)
-        if (self.low is not None and value < self.low) or (
-            self.high is not None and value > self.high
-        ):
-            raise bad
-        return value
+from ltmodels.losses.domains import DOMAINS, Param
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -196,16 +135,60 @@ L = TypeVar("L", bound=type[LongTailLoss])
 
 
 def register_loss(name: str) -> Callable[[L], L]:
-    """Class decorator adding a loss to :data:`LOSSES` under ``name``."""
+    """Class decorator adding a loss to :data:`LOSSES` under ``name``.
+
+    The class's ``params`` are ``DOMAINS[name]`` (:mod:`ltmodels.losses.domains`, the one
+    place a loss's hyperparameters are declared, so that specs validate without torch).
+
+    Raises:
+        RuntimeError: ``name`` is registered twice, has no domain entry, or the class
+            declares ``params`` other than its domain entry.
+    """
 
     def deco(cls: L) -> L:
         if name in LOSSES:
             raise RuntimeError(f"loss {name!r} registered twice")
+        if name not in DOMAINS:
+            raise RuntimeError(
+                f"loss {name!r} has no parameter domains; add its parameter domains to "
+                "ltmodels/losses/domains.py (DOMAINS[name]: {} when it has none)"
+            )
+        own = cls.__dict__.get("params", DOMAINS[name])
+        if own is not DOMAINS[name]:
+            raise RuntimeError(
+                f"loss {name!r}: declare params = DOMAINS[{name!r}] (ltmodels/losses/"
+                "domains.py), not a table of its own"
+            )
         cls.name = name
+        cls.params = DOMAINS[name]
         LOSSES[name] = cls
         return cls
 
     return deco
+
+
+_ALL_IMPORTED = False
+
+
+def registry() -> dict[str, type[LongTailLoss]]:
+    """:data:`LOSSES` with every loss module of ``ltmodels.losses`` imported.
+
+    Importing the package does not import its loss modules (so that
+    :mod:`ltmodels.losses.domains` loads without torch); the first use of the registry
+    through the package, :func:`build_loss` or :func:`validate_params` does.
+    """
+    global _ALL_IMPORTED
+    if not _ALL_IMPORTED:
+        import importlib
+        import pkgutil
+
+        import ltmodels.losses as package
+
+        for mod in pkgutil.iter_modules(package.__path__):
+            if mod.name not in ("base", "domains") and not mod.name.startswith("_"):
+                importlib.import_module(f"{package.__name__}.{mod.name}")
+        _ALL_IMPORTED = True
+    return LOSSES
 
 
 def validate_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -215,9 +198,10 @@ def validate_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         ConfigError: unknown loss, unknown parameter, or a value outside its domain; the
             message lists the valid names and ranges.
     """
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(LOSSES))}")
-    spec = LOSSES[name].params
+    losses = registry()
+    if name not in losses:
+        raise ConfigError(f"unknown loss {name!r}; valid losses: {', '.join(sorted(losses))}")
+    spec = losses[name].params
     unknown = sorted(set(params) - set(spec))
     if unknown:
         valid = "; ".join(f"{k}: {p.describe()}" for k, p in spec.items()) or "none"
@@ -228,7 +212,7 @@ def validate_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
 def build_loss(name: str, *, num_classes: int, **params: Any) -> LongTailLoss:
     """Build a registered loss with validated parameters (the paper's defaults otherwise)."""
     checked = validate_params(name, params)
-    return LOSSES[name](num_classes=num_classes, **checked)
+    return registry()[name](num_classes=num_classes, **checked)
 
 
 __all__ = [
@@ -238,6 +222,7 @@ __all__ = [
     "build_loss",
     "image_frequency",
     "register_loss",
+    "registry",
     "upcast",
     "validate_params",
 ]

@@ -41,7 +41,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, Param, register_loss
+from ltmodels.losses.base import LongTailLoss, register_loss
+from ltmodels.losses.domains import DOMAINS
 
 _ACOS_EPS = 1e-6
 _NORM_EPS = 1e-12
@@ -74,22 +75,7 @@ class C2AMLoss(LongTailLoss):
     """Category-aware angular margin softmax loss (C2AM Eq. 5-7) on a cosine classifier."""
 
     predictor: ClassVar[str] = "cosine"
-    params: ClassVar[dict[str, Param]] = {
-        "s": Param(30.0, low=1e-3, high=256.0, doc="cosine scale s (Table 3: 30 is best)"),
-        "alpha": Param(0.5, low=0.0, high=10.0, doc="margin strength alpha (Table 4: 0.5)"),
-        "margin": Param(
-            "adaptive",
-            kind="choice",
-            choices=("adaptive", "fixed"),
-            doc="adaptive margins of Eq. 7, or Table 5's constant margin",
-        ),
-        "fixed_margin": Param(
-            0.1, low=0.0, high=math.pi, doc="constant angular margin (rad) for margin=fixed"
-        ),
-        "background_margin": Param(
-            True, kind="bool", doc="background column takes part in margins (paper silent)"
-        ),
-    }
+    params = DOMAINS["c2am"]
 
     def __init__(
         self,

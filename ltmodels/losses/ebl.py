@@ -45,15 +45,15 @@ head is frozen (the memory keeps box-head outputs).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ltmodels.distributed import all_gather_cat
-from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
+from ltmodels.losses.domains import DOMAINS
 from ltmodels.losses.feature_sampling import FeatureSampling, MemoryAccess
-from ltmodels.losses.mfs import MFS_PARAMS
 
 _INIT_SCORE = 0.01
 _MIN_SCORE = 1e-12
@@ -63,25 +63,7 @@ _MIN_SCORE = 1e-12
 class EquilibriumLoss(LongTailLoss):
     """Softmax cross-entropy with score-guided margins (LOCE Eq. 2-4), optionally with MFS."""
 
-    params: ClassVar[dict[str, Param]] = {
-        "alpha": Param(0.9, low=0.0, high=1.0, doc="EMA coefficient of the mean score (Table 2)"),
-        "background_score": Param(
-            0.01, low=1e-6, high=1.0, doc="fixed background mean score s_C+1 (Table 3)"
-        ),
-        "update": Param(
-            "code",
-            kind="choice",
-            choices=("code", "paper"),
-            doc="code: alpha**n_c per class and batch; paper: one EMA step per entry",
-        ),
-        "margin": Param(
-            True, kind="bool", doc="score-guided margins (Eq. 3-4); false: plain softmax CE"
-        ),
-        "mfs": Param(False, kind="bool", doc="memory-augmented feature sampling (LOCE = EBL+MFS)"),
-        "mfs_size": MFS_PARAMS["size"],
-        "mfs_k": MFS_PARAMS["k"],
-        "mfs_m": MFS_PARAMS["m"],
-    }
+    params = DOMAINS["ebl"]
 
     mean_score: torch.Tensor
     feature_sampling: FeatureSampling | None

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.losses.base import LongTailLoss, Param, image_frequency, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, image_frequency, register_loss, upcast
+from ltmodels.losses.domains import DOMAINS
 
 
 @register_loss("eql")
@@ -43,11 +44,7 @@ class EqualizationLoss(LongTailLoss):
             than this fraction of training images are not suppressed by foreground RoIs.
     """
 
-    params = {
-        "lambda_": Param(
-            1.76e-3, low=0.0, high=1.0, doc="tail threshold on image frequency f_j (T_lambda)"
-        ),
-    }
+    params = DOMAINS["eql"]
 
     image_freq: torch.Tensor
 

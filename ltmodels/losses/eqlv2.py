@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ltmodels.distributed import all_reduce_sum
-from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
+from ltmodels.losses.domains import DOMAINS
 
 _EPS = 1e-10
 
@@ -49,11 +50,7 @@ class EqualizationLossV2(LongTailLoss):
         alpha: strength of the positive up-weighting ``q_j``.
     """
 
-    params = {
-        "gamma": Param(12.0, low=0.0, high=100.0, doc="slope of the mapping f"),
-        "mu": Param(0.8, low=0.0, high=10.0, doc="centre of the mapping f"),
-        "alpha": Param(4.0, low=0.0, high=100.0, doc="positive up-weighting q_j"),
-    }
+    params = DOMAINS["eqlv2"]
 
     pos_grad: torch.Tensor
     neg_grad: torch.Tensor

@@ -46,12 +46,13 @@ are the base's, and every context keyword goes to it.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from ltmodels.distributed import all_reduce_sum
-from ltmodels.losses.base import LOSSES, LongTailLoss, Param, build_loss, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, build_loss, register_loss, registry, upcast
+from ltmodels.losses.domains import DOMAINS
 
 _ACTIVE_EPS = 1e-10
 
@@ -203,7 +204,7 @@ class _BaseWidth:
 
     def __get__(self, obj: Any, objtype: Any = None) -> Any:
         if obj is None:
-            return LOSSES[GAPLoss.params["base"].default].num_logits
+            return registry()[GAPLoss.params["base"].default].num_logits
         return obj.base.num_logits
 
 
@@ -211,25 +212,7 @@ class _BaseWidth:
 class GAPLoss(LongTailLoss):
     """A base classification loss plus ROG's generalized average precision term."""
 
-    params: ClassVar[dict[str, Param]] = {
-        "delta": Param(0.5, low=1e-3, high=10.0, doc="margin delta of the ranking H (Eq. 5)"),
-        "gamma": Param(1.0, low=0.0, high=10.0, doc="strength of the class weight w_m (Eq. 9)"),
-        "lambda_gap": Param(
-            1.0, low=0.0, high=100.0, doc="weight of the GAP term (Eq. 10; 0.1 with RFS)"
-        ),
-        "base": Param(
-            "bce",
-            kind="choice",
-            choices=("bce", "seesaw", "eqlv2", "ce"),
-            doc="classification loss GAP is added to, built with its defaults",
-        ),
-        "variant": Param(
-            "code",
-            kind="choice",
-            choices=("code", "paper"),
-            doc="code: own rank 1/2, raw logits ranked; paper: own rank 1, scores ranked",
-        ),
-    }
+    params = DOMAINS["gap"]
     num_logits = _BaseWidth()  # type: ignore[assignment]
 
     counts: torch.Tensor

@@ -38,16 +38,10 @@ import torch
 from torch import nn
 
 from ltmodels.distributed import all_gather_cat
-from ltmodels.losses.base import Param
+from ltmodels.losses.domains import MFS_PARAMS
 
 NUM_DENSE_BOXES = 16
 _SCORE_EPS = 1e-7
-
-MFS_PARAMS: dict[str, Param] = {
-    "size": Param(80, kind="int", low=1, high=100_000, doc="memory size M per class (Sec. 4.1)"),
-    "k": Param(8, kind="int", low=0, high=10_000, doc="classes sampled per iteration and worker"),
-    "m": Param(4, kind="int", low=1, high=10_000, doc="features sampled per chosen class"),
-}
 
 
 def _sign_patterns(device: torch.device, dtype: torch.dtype) -> torch.Tensor:

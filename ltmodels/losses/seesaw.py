@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from ltmodels.distributed import all_reduce_sum
-from ltmodels.losses.base import LongTailLoss, Param, register_loss, upcast
+from ltmodels.losses.base import LongTailLoss, register_loss, upcast
+from ltmodels.losses.domains import DOMAINS
 
 
 def seesaw_logit_offsets(
@@ -87,11 +88,7 @@ class SeesawLoss(LongTailLoss):
         eps: floor of the own-class probability in the compensation ratio.
     """
 
-    params = {
-        "p": Param(0.8, low=0.0, high=10.0, doc="mitigation exponent p of M_ij"),
-        "q": Param(2.0, low=0.0, high=10.0, doc="compensation exponent q of C_ij"),
-        "eps": Param(1e-2, low=1e-8, high=1.0, doc="floor of sigma_i in the compensation"),
-    }
+    params = DOMAINS["seesaw"]
 
     cum_samples: torch.Tensor
 

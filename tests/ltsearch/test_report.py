@@ -28,11 +28,12 @@ import yaml
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
 from ltsearch.pareto import pareto_rank
-from ltsearch.report import status_text, write_report
+from ltsearch.report import write_report
 from ltsearch.report_plots import plot_sweeps, staircase, sweep_panels
 from ltsearch.report_tables import prepare_runs, rank_configs, signed, summarize
 from ltsearch.spec import StudySpec, config_hash, spec_from_dict
 from ltsearch.spec_sections import Objective
+from ltsearch.status import status_text
 from ltsearch.store import ResultStore
 
 SPEC: dict[str, Any] = {
@@ -224,8 +225,9 @@ def test_compare_table(study: tuple[Path, StudySpec, str]) -> None:
 def test_status_text(study: tuple[Path, StudySpec, str]) -> None:
     path, _, _ = study
     text = status_text(path)
-    assert "configurations: 3/4 done with every seed (4 started)" in text
-    assert "runs: 12/12 (config x seed): 11 ok, 1 failed" in text
+    assert "progress: 0/4 trials (no optuna.journal yet); not complete" in text
+    assert "configurations: 4 with an ok run, 3 of them with every seed (4 started)" in text
+    assert "runs (configuration x seed): 11 ok, 1 failed" in text
     assert re.search(
         r"FAILED \w{8} acsl\(xi=0.5\) seed 1: RuntimeError: CUDA out of memory$", text, re.M
     )
@@ -237,7 +239,7 @@ def test_empty_and_failed_only_studies(tmp_path: Path) -> None:
     path, spec = make_study(tmp_path)
     text = write_report(path).read_text()
     assert "No configuration has an ok run yet" in text and "0 ok, 0 failed, 12 planned" in text
-    assert "no run finished yet (0/4 configurations, 0/12 runs)" in status_text(path)
+    assert "no (configuration, seed) run finished yet" in status_text(path)
     ResultStore(path).write_trial(
         {
             "study": "rep",

@@ -1,0 +1,220 @@
+"""``ltsearch status``: how far a study is, its failures and best so far, read from disk.
+
+It reads ``spec.yaml``, the parquet trial parts (with pyarrow only) and the Optuna journal
+(:mod:`ltsearch.journal`, without Optuna), and imports none of torch, Ray, Optuna,
+matplotlib or pandas, so it answers in a fraction of a second, also while the study runs.
+
+Progress is counted in trials, from the journal (the runner's source of truth), not in
+configurations from parquet: TPE can suggest a configuration already stored, and that
+trial finishes by reading its runs back, adding no row. A finished 24-trial study with one
+such trial has 23 configurations and is complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ltsearch import journal
+from ltsearch.rows import config_label, config_params
+from ltsearch.runner import JOURNAL_FILE, load_study_dir
+from ltsearch.spec_sections import Objective
+from ltsearch.store import ResultStore
+
+MAX_STATUS_FAILURES = 20
+
+
+@dataclass(frozen=True)
+class StudyProgress:
+    """Trials of a study (from its journal) and runs (from its parquet parts).
+
+    Attributes:
+        study_dir: the study directory.
+        trials_total: the spec's number of trials.
+        trials_finished: journal trials complete, failed or pruned.
+        trials_complete, trials_failed, trials_pruned, trials_running: journal trials by
+            state (waiting ones, enqueued but not asked, are in none).
+        configs_ok: distinct configurations with an ok (configuration, seed) row.
+        rows_ok, rows_failed: (configuration, seed) rows by status.
+        journal: whether the study has an Optuna journal yet.
+    """
+
+    study_dir: Path
+    trials_total: int
+    trials_finished: int = 0
+    trials_complete: int = 0
+    trials_failed: int = 0
+    trials_pruned: int = 0
+    trials_running: int = 0
+    configs_ok: int = 0
+    rows_ok: int = 0
+    rows_failed: int = 0
+    journal: bool = True
+
+    @property
+    def repeated(self) -> int:
+        """Complete trials whose configuration was already stored (read back, no new row)."""
+        return max(0, self.trials_complete - self.configs_ok)
+
+    @property
+    def complete(self) -> bool:
+        """Every trial of the budget finished and none running."""
+        return self.trials_finished >= self.trials_total and not self.trials_running
+
+    def line(self) -> str:
+        """One line: ``24/24 trials, study complete; 1 repeated configuration read back``
+        or ``17/24 trials, 2 running, 1 failed; not complete: `ltsearch resume DIR`
+        continues``."""
+        head = f"{self.trials_finished}/{self.trials_total} trials"
+        if not self.journal:
+            head += " (no optuna.journal yet)"
+        counts = (
+            (self.trials_running, "running"),
+            (self.trials_failed, "failed"),
+            (self.trials_pruned, "pruned"),
+        )
+        parts = [head, *(f"{n} {what}" for n, what in counts if n)]
+        text = ", ".join(parts)
+        if self.complete:
+            text += ", study complete"
+        if self.repeated:
+            s = "" if self.repeated == 1 else "s"
+            text += f"; {self.repeated} repeated configuration{s} read back"
+        if not self.complete:
+            text += f"; not complete: `ltsearch resume {self.study_dir}` continues"
+        return text
+
+
+def _progress(
+    study_dir: Path, name: str, n_trials: int, rows: Sequence[Mapping[str, Any]]
+) -> StudyProgress:
+    path = study_dir / JOURNAL_FILE
+    states = journal.trial_states(path, name)
+    ok = [r for r in rows if r.get("status") == "ok"]
+    return StudyProgress(
+        study_dir=study_dir,
+        trials_total=n_trials,
+        trials_finished=sum(s in journal.FINISHED for s in states),
+        trials_complete=states.count(journal.COMPLETE),
+        trials_failed=states.count(journal.FAIL),
+        trials_pruned=states.count(journal.PRUNED),
+        trials_running=states.count(journal.RUNNING),
+        configs_ok=len({r["config_hash"] for r in ok}),
+        rows_ok=len(ok),
+        rows_failed=len(rows) - len(ok),
+        journal=path.is_file(),
+    )
+
+
+def _absolute(study_dir: str | Path) -> Path:
+    """``study_dir`` absolute and normalised (``../runs/x`` from any working directory)."""
+    return Path(os.path.abspath(os.path.expanduser(study_dir)))
+
+
+def study_progress(study_dir: str | Path) -> StudyProgress:
+    """How far the study in ``study_dir`` is (see :class:`StudyProgress`).
+
+    Raises:
+        SpecError: ``study_dir`` is not a study directory (no readable ``spec.yaml``).
+    """
+    spec = load_study_dir(study_dir)
+    root = _absolute(study_dir)
+    return _progress(root, spec.name, spec.n_trials, ResultStore(root).trial_rows())
+
+
+def _ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
+    """100 when stored metrics are lvis-api fractions, 1 when some value is already in %
+    (the rule of :func:`ltsearch.report_tables.prepare_runs`)."""
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith(("bbox/", "segm/")) and isinstance(v, (int, float)) and v > 1.0:
+                return 1.0
+    return 100.0
+
+
+def _metric(row: Mapping[str, Any], metric: str) -> float | None:
+    """The row's value of ``metric``; None when absent or undefined (lvis-api's -1)."""
+    v = row.get(metric)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
+        return None
+    return float(v)
+
+
+def _best_lines(ok: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]) -> list[str]:
+    by_config: dict[str, list[Mapping[str, Any]]] = {}
+    for r in ok:
+        by_config.setdefault(str(r["config_hash"]), []).append(r)
+    scale = _ap_scale(ok)
+    out = []
+    for o in objectives:
+        means = {}
+        for h in sorted(by_config):
+            values = [v for r in by_config[h] if (v := _metric(r, o.metric)) is not None]
+            if values:
+                means[h] = sum(values) / len(values) * scale
+        if not means:
+            out.append(f"    {o.metric} ({o.direction}): no value yet")
+            continue
+        pick = max if o.direction == "max" else min
+        best = pick(means, key=means.__getitem__)  # ties: the first config hash
+        first = by_config[best][0]
+        label = config_label(str(first["loss"]), config_params(first, str(first["loss"])))
+        out.append(
+            f"    {o.metric} ({o.direction}): {means[best]:.2f}  {label} "
+            f"[{best[:8]}, {len(by_config[best])} seed(s)]"
+        )
+    return out
+
+
+def _failure_lines(failed: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = []
+    order = sorted(failed, key=lambda r: (str(r["config_hash"]), r["seed"]))
+    for r in order[:MAX_STATUS_FAILURES]:
+        err = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
+        label = config_label(str(r["loss"]), config_params(r, str(r["loss"])))
+        lines.append(f"    FAILED {str(r['config_hash'])[:8]} {label} seed {r['seed']}: {err[0]}")
+    if len(failed) > MAX_STATUS_FAILURES:
+        lines.append(f"    ... and {len(failed) - MAX_STATUS_FAILURES} more failed run(s)")
+    return lines
+
+
+def status_text(study_dir: str | Path) -> str:
+    """Progress of a study (trials from the journal: :class:`StudyProgress`), its
+    configurations and runs from the parquet parts, failures (first line of each error)
+    and the best configuration so far per objective.
+
+    Raises:
+        SpecError: ``study_dir`` is not a study directory (no readable ``spec.yaml``).
+    """
+    spec = load_study_dir(study_dir)
+    root = _absolute(study_dir)
+    rows = ResultStore(root).trial_rows()
+    progress = _progress(root, spec.name, spec.n_trials, rows)
+    lines = [f"study {spec.name} ({root})", f"  progress: {progress.line()}"]
+    if not rows:
+        return "\n".join([*lines, "  no (configuration, seed) run finished yet"])
+    ok = [r for r in rows if r.get("status") == "ok"]
+    seeds = set(spec.search.seeds)
+    have: dict[str, set[Any]] = {}
+    for r in ok:
+        have.setdefault(str(r["config_hash"]), set()).add(r["seed"])
+    every = sum(s >= seeds for s in have.values())
+    started = len({r["config_hash"] for r in rows})
+    lines.append(
+        f"  configurations: {progress.configs_ok} with an ok run, {every} of them with every "
+        f"seed ({started} started)"
+    )
+    lines.append(
+        f"  runs (configuration x seed): {progress.rows_ok} ok, {progress.rows_failed} failed"
+    )
+    lines += _failure_lines([r for r in rows if r.get("status") != "ok"])
+    lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
+    lines += _best_lines(ok, spec.search.parsed_objectives)
+    return "\n".join(lines)
+
+
+__all__ = ["MAX_STATUS_FAILURES", "StudyProgress", "status_text", "study_progress"]
