@@ -32,10 +32,11 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ltmodels.losses import LOSSES
+from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
 from ltsearch.spec_io import from_validation_error, parse_yaml
 from ltsearch.spec_loss import LossSpec, Strict
+from ltsearch.spec_paths import absolute, resolve_raw
 from ltsearch.spec_points import check_point, check_reference_row, param_key
 from ltsearch.spec_sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
 from ltsearch.spec_training import TrainingSpec
@@ -167,10 +168,13 @@ class StudySpec(Strict):
     def with_overrides(
         self, *, storage: str | Path | None = None, dataset: Mapping[str, Any] | None = None
     ) -> StudySpec:
-        """A copy with ``storage`` and/or ``dataset`` (a dataset section mapping) replaced."""
+        """A copy with ``storage`` and/or ``dataset`` (a dataset section mapping) replaced.
+
+        A relative ``storage`` is taken relative to the working directory (as ``--storage``).
+        """
         raw = self.to_dict()
         if storage is not None:
-            raw["storage"] = str(storage)
+            raw["storage"] = absolute(storage, Path.cwd())
         if dataset is not None:
             raw["dataset"] = dict(dataset)
         return spec_from_dict(raw)
@@ -186,6 +190,12 @@ class StudySpec(Strict):
         key (a ``dataset`` in it replaces the dataset section whole).
         """
         return spec_from_dict(self._smoked_raw())
+
+    def resolved(self, spec_dir: str | Path, cwd: str | Path | None = None) -> StudySpec:
+        """A copy with every path absolute (:mod:`ltsearch.spec_paths`): storage relative to
+        ``cwd`` (default: the working directory), dataset and weight paths relative to
+        ``spec_dir``. :func:`load_spec` does this for a study file."""
+        return spec_from_dict(resolve_raw(self.to_dict(), spec_dir=spec_dir, cwd=cwd))
 
     def _smoked_raw(self) -> dict[str, Any]:
         raw = self.to_dict()
@@ -242,7 +252,9 @@ def spec_from_dict(data: Any, *, file: str | None = None) -> StudySpec:
 
 
 def load_spec(path: str | Path) -> StudySpec:
-    """Read and validate a study YAML file.
+    """Read and validate a study YAML file, with every path in it made absolute: storage
+    relative to the working directory, dataset and weight paths relative to the file's own
+    directory (:mod:`ltsearch.spec_paths`).
 
     Raises:
         SpecError: missing or unreadable file, YAML syntax error (with its line), a tag
@@ -260,7 +272,8 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError("is not UTF-8 text; save the study as UTF-8 YAML", file=file) from None
     except OSError as exc:
         raise SpecError(f"cannot be read ({exc.strerror}); check it", file=file) from None
-    return spec_from_dict(parse_yaml(text, file), file=file)
+    raw = resolve_raw(parse_yaml(text, file), spec_dir=Path(path).expanduser().absolute().parent)
+    return spec_from_dict(raw, file=file)
 
 
 def split_params(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -297,7 +310,7 @@ def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
     Seeds, search and resources are not part of it.
     """
     loss, given = split_params(params)
-    domains = LOSSES[loss].params
+    domains = DOMAINS[loss]
     try:
         fixed = spec.loss.option(loss).fixed()
     except KeyError:

@@ -28,6 +28,7 @@ from typing import Any
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
 from ltsearch.spec import StudySpec, config_hash, spec_from_dict
+from ltsearch.spec_paths import require_absolute
 from ltsearch.store import ResultStore, run_metadata
 
 CACHE_DIRNAME = "_cache"
@@ -53,10 +54,14 @@ class StudyContext:
 def resolve_data(spec: StudySpec) -> dict[str, str]:
     """Dataset paths of a spec; the synthetic dataset is generated (once) here.
 
+    Every path it returns is absolute (the loader made the spec's paths absolute; a Ray
+    Tune trial runs in a working directory of its own).
+
     Raises:
         SpecError: a missing LVIS file or directory, or synthetic-dataset settings the
             generator rejects (checked before anything is generated).
     """
+    require_absolute(spec)
     ds = spec.dataset
     if ds.kind == "synthetic":
         from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
@@ -76,10 +81,10 @@ def resolve_data(spec: StudySpec) -> dict[str, str]:
         }
     spec.check_data()
     return {
-        "train_json": str(Path(ds.train).resolve()),
-        "val_json": str(Path(ds.val).resolve()),
-        "train_root": str(Path(ds.train_images or ds.images).resolve()),
-        "val_root": str(Path(ds.val_images or ds.images).resolve()),
+        "train_json": ds.train,
+        "val_json": ds.val,
+        "train_root": ds.train_images or ds.images,
+        "val_root": ds.val_images or ds.images,
     }
 
 

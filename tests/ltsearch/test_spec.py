@@ -71,10 +71,14 @@ def test_design_example_loads(tmp_path: Path) -> None:
     assert spec.loss.options[0].params["xi"].choices() == [0.01, 0.1, 0.3, 0.5, 0.7, 0.9]
 
 
-def test_round_trip_and_defaults(tmp_path: Path) -> None:
+def test_round_trip_and_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     spec = load_spec(write(tmp_path, BASE))
     assert spec_from_dict(spec.to_dict()) == spec
-    assert spec.storage == "runs" and spec.study_dir == Path("runs/acsl-xi")
+    # the default storage is "runs" under the directory the command runs in, made absolute
+    assert spec.storage == str(tmp_path / "runs")
+    assert spec.study_dir == tmp_path / "runs" / "acsl-xi"
+    assert spec_from_dict(BASE).storage == "runs"  # only the file loader resolves paths
     assert spec.training.optim()["epochs"] == 3
     assert set(spec.training.optim()) == set(OPTIM_KEYS)
 

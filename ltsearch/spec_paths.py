@@ -1,0 +1,91 @@
+"""Every path of a study made absolute once, when the study file is loaded.
+
+Rules (README "Writing a study"):
+
+- ``storage`` (and ``--storage``) is relative to the directory the command runs in;
+- the paths of an LVIS-format dataset (``dataset.train``, ``val``, ``images``,
+  ``train_images``, ``val_images``; for the synthetic one the last two are counts) and
+  ``model.backbone_weights`` are relative to the study file's own directory, so a study
+  and its data can move together and be run from anywhere;
+- ``~`` is expanded in both.
+
+The same rules apply inside the study's ``smoke:`` block. Below the loader nothing sees a
+relative path: :func:`require_absolute` is asserted by the runner and the trainable, since
+Ray Tune runs each trial in a working directory of its own, where a relative path points
+nowhere.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+DATASET_PATH_KEYS = ("train", "val", "images", "train_images", "val_images")
+
+
+def absolute(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> str:
+    """``path`` with ``~`` expanded, joined to ``base`` when relative, normalised."""
+    p = os.path.expanduser(os.fspath(path))
+    return os.path.normpath(os.path.join(os.fspath(base), p))
+
+
+def resolve_raw(raw: Any, *, spec_dir: str | Path, cwd: str | Path | None = None) -> Any:
+    """A copy of parsed study YAML with its paths absolute (values of the wrong type are
+    left alone for the validator to report)."""
+    if not isinstance(raw, Mapping):
+        return raw
+    run_dir = Path.cwd() if cwd is None else Path(cwd)
+    out = _resolve_section(dict(raw), spec_dir, run_dir)
+    smoke = out.get("smoke")
+    if isinstance(smoke, Mapping):
+        out["smoke"] = _resolve_section(dict(smoke), spec_dir, run_dir, default_storage=False)
+    return out
+
+
+def _resolve_section(
+    raw: dict[str, Any], spec_dir: str | Path, run_dir: Path, *, default_storage: bool = True
+) -> dict[str, Any]:
+    storage = raw.get("storage", "runs" if default_storage else None)
+    if isinstance(storage, str) and storage:
+        raw["storage"] = absolute(storage, run_dir)
+    dataset = raw.get("dataset")
+    if isinstance(dataset, Mapping) and dataset.get("kind") == "lvis":  # synthetic: counts
+        raw["dataset"] = {
+            k: absolute(v, spec_dir) if k in DATASET_PATH_KEYS and _is_path(v) else v
+            for k, v in dataset.items()
+        }
+    model = raw.get("model")
+    if isinstance(model, Mapping) and _is_path(model.get("backbone_weights")):
+        raw["model"] = {**model, "backbone_weights": absolute(model["backbone_weights"], spec_dir)}
+    return raw
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+def spec_paths(spec: Any) -> Iterator[tuple[str, str]]:
+    """``(key path, value)`` of every path a validated study holds."""
+    yield "storage", str(spec.storage)
+    for key in DATASET_PATH_KEYS if spec.dataset.kind == "lvis" else ():
+        value = getattr(spec.dataset, key, None)
+        if value is not None:
+            yield f"dataset.{key}", str(value)
+    if spec.model.backbone_weights is not None:
+        yield "model.backbone_weights", str(spec.model.backbone_weights)
+
+
+def require_absolute(spec: Any) -> None:
+    """Assert that a study's paths were resolved by the loader (a bug otherwise)."""
+    relative = [f"{key}={value!r}" for key, value in spec_paths(spec) if not os.path.isabs(value)]
+    if relative:
+        raise AssertionError(
+            "relative path(s) below the spec loader: "
+            + ", ".join(relative)
+            + "; load studies with ltsearch.spec.load_spec (or StudySpec.resolved)"
+        )
+
+
+__all__ = ["DATASET_PATH_KEYS", "absolute", "require_absolute", "resolve_raw", "spec_paths"]
