@@ -1,18 +1,35 @@
-"""``ltsearch`` command line. User errors print one line and exit with code 2.
+"""``ltsearch`` command line.
 
 Commands: ``validate``, ``run``, ``resume``, ``status``, ``report``, ``data synth``.
 ``validate``, ``status`` and ``report`` start no Ray and no training.
+
+Exit codes (:data:`EXIT_CODES`, also in ``ltsearch --help`` and the README): 0 every
+(configuration, seed) ok; 1 the study ran but a run failed or it was stopped on a
+systematic error; 2 a user error before anything started (one line, no Ray started);
+130 interrupted (Ctrl-C or SIGTERM), resumable with ``ltsearch resume``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ltmodels.errors import LTUserError
+
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = f"""exit codes:
+  {EXIT_OK}    every (configuration, seed) of the study ok (or the command succeeded)
+  {EXIT_FAILED}    the study ran, but a (configuration, seed) failed or a systematic error
+       stopped it (the last line says how many, and where the errors are)
+  {EXIT_USER_ERROR}    a user error before anything started (one line; nothing written, no Ray)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C or SIGTERM); `ltsearch resume DIR` continues
+"""
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -65,24 +82,57 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _finish(outcome, report=not args.no_report)
 
 
-def _finish(outcome, *, report: bool) -> int:
-    print(
-        f"study finished in {outcome.wall_s:.0f} s: {outcome.finished} trial(s) ok, "
-        f"{outcome.failed} failed\n  parquet: {outcome.study_dir / 'trials'}"
-    )
+def _finish(outcome: Any, *, report: bool) -> int:
+    """Print where the results are and a last line a script can trust; the exit code
+    (module docstring) follows what the study did, not only whether it ran."""
+    from ltsearch.store import ResultStore
+
+    d = outcome.study_dir
+    if outcome.stopped == "interrupted":
+        print(
+            f"interrupted after {outcome.wall_s:.0f} s: {outcome.finished + outcome.failed}/"
+            f"{outcome.total} trials finished; `ltsearch resume {d}` continues",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    df = ResultStore(d).load_trials()
+    rows_failed = int((df["status"] != "ok").sum()) if not df.empty else 0
+    rows = len(df)
+    print(f"study ran for {outcome.wall_s:.0f} s\n  parquet: {d / 'trials'}")
     if report:
         from ltsearch.report import write_report
 
-        path = write_report(outcome.study_dir)
+        path = write_report(d)
         print(f"  report:  {path}")
-        plots = sorted((outcome.study_dir / "report").glob("pareto*.png"))
+        plots = sorted((d / "report").glob("pareto*.png"))
         if plots:
             print(f"  pareto plot: {plots[0]}")
-    return 0
+    if outcome.stopped == "systematic":
+        print(outcome.message)
+    runs = f"runs (configuration x seed): {rows - rows_failed} ok, {rows_failed} failed"
+    line = f"{d.name}: {_progress_line(d, outcome)}; {runs}"
+    if not rows:
+        print(f"{line}; no (configuration, seed) run finished: see {d / 'tune'}")
+        return EXIT_FAILED
+    if rows_failed or outcome.stopped:
+        print(f"{line}: errors in `ltsearch status {d}` (column `error` of {d / 'trials'})")
+        return EXIT_FAILED
+    print(line)
+    return EXIT_OK
+
+
+def _progress_line(study_dir: Path, outcome: Any) -> str:
+    try:
+        from ltsearch.status import study_progress
+    except ImportError:  # pragma: no cover - status module not present
+        done = outcome.finished + outcome.failed
+        state = "study complete" if done >= outcome.total else "not complete"
+        return f"{done}/{outcome.total} trials, {state}"
+    return study_progress(study_dir).line()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from ltsearch.report import status_text
+    from ltsearch.status import status_text  # light: no torch, Ray, Optuna or pandas
 
     print(status_text(Path(args.study_dir)))
     return 0
@@ -149,7 +199,10 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ltsearch", description="Hyperparameter studies for long-tail detection."
+        prog="ltsearch",
+        description="Hyperparameter studies for long-tail detection.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_study_commands(sub)
@@ -169,16 +222,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a command like Ctrl-C does: exit 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _sigterm) if main_thread else None
     try:
         return int(args.func(args))
     except LTUserError as exc:
         print(f"ltsearch: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("ltsearch: interrupted; `ltsearch resume <study dir>` continues", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
 
 
 __all__ = ["build_parser", "main"]

@@ -72,8 +72,11 @@ class ProgressPrinter(Callback):
         return self.done_before + self.done + self.failed
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.done += 1
         result = trial.last_result or {}
+        if not result:  # stopped by the study before it reported (see ltsearch.stopping)
+            self._print(f"[stopped] {_fmt_params(trial.config)}: left to `ltsearch resume`")
+            return
+        self.done += 1
         label = _fmt_params(trial.config)
         self._update_best(result, label)
         vals = "  ".join(
@@ -92,5 +95,5 @@ class ProgressPrinter(Callback):
         self.failed += 1
         self._print(
             f"[{self._count()}/{self.total}] {_fmt_params(trial.config)}: FAILED "
-            f"(error recorded in {self.study_dir}/trials; the study goes on)"
+            f"(error recorded in {self.study_dir}/trials)"
         )

@@ -35,16 +35,18 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ltsearch.errors import SpecError
 from ltsearch.spec import StudySpec, load_spec
+from ltsearch.spec_paths import require_absolute
 from ltsearch.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
 
 SPEC_FILE = "spec.yaml"
@@ -52,14 +54,24 @@ JOURNAL_FILE = "optuna.journal"
 TUNE_DIR = "tune"
 LOCK_FILE = ".driver.lock"
 
+if TYPE_CHECKING:
+    from ltsearch.stopping import StopRequest
+
 
 @dataclass
 class StudyOutcome:
+    """What a driver run did. ``stopped`` is ``None`` for a run that went to the end,
+    ``"systematic"`` (the first trials failed alike) or ``"interrupted"`` (Ctrl-C or
+    SIGTERM: resumable); ``message`` says why it stopped."""
+
     study_dir: Path
-    finished: int
+    finished: int  # configurations with every seed ok
     failed: int
     wall_s: float
     where: str
+    total: int = 0  # configurations the study asks for
+    stopped: str | None = None
+    message: str = ""
 
 
 def _spec_text(spec: StudySpec) -> str:
@@ -224,6 +236,17 @@ def _adopting_search_cls() -> type:
                 self._ot_trials[trial_id] = Trial(study, self._adopt.pop(0))
             return super().suggest(trial_id)
 
+        def on_trial_complete(
+            self, trial_id: str, result: dict | None = None, error: bool = False
+        ) -> None:
+            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            if not error and not all((result or {}).get(m) is not None for m in metrics):
+                # stopped by the study (Ctrl-C, SIGTERM, a systematic error) before it
+                # reported: leave it RUNNING in the journal, so resume adopts and reruns it
+                self._completed_trials.add(trial_id)
+                return
+            super().on_trial_complete(trial_id, result=result, error=error)
+
     return AdoptingOptunaSearch
 
 
@@ -274,7 +297,8 @@ def run_study(
     Every user error (a different study in the directory, missing dataset files, a second
     driver, an unreachable cluster) is raised before anything is written or Ray starts.
     """
-    study_dir = spec.study_dir.resolve()
+    require_absolute(spec)
+    study_dir = spec.study_dir
     if not resume:
         _check_spec_dir(spec, study_dir)
     data = resolve_data(spec)
@@ -285,17 +309,24 @@ def run_study(
         _repair_journal(study_dir)
         storage = _journal_storage(study_dir)
         plan = plan_study(spec, storage)
-        where = "nothing to run"
+        where, stop = "nothing to run", None
         if plan.to_run:
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
-            where = _fit(
+            where, stop = _fit(
                 spec, ctx, storage, plan, address=address, progress=progress, execute=execute
             )
         elif progress:
             print(f"study {spec.name}: all {spec.n_trials} configurations done ({study_dir})")
         final = plan_study(spec, storage)
     return StudyOutcome(
-        study_dir, final.finished - final.failed, final.failed, time.perf_counter() - t0, where
+        study_dir,
+        final.finished - final.failed,
+        final.failed,
+        time.perf_counter() - t0,
+        where,
+        total=spec.n_trials,
+        stopped=None if stop is None else stop.reason,
+        message="" if stop is None else stop.message,
     )
 
 
@@ -308,17 +339,32 @@ def _fit(
     address: str | None,
     progress: bool,
     execute: Callable[..., Any],
-) -> str:
+) -> tuple[str, StopRequest | None]:
+    """Run the Tuner; returns where it ran and why it stopped early (None: it did not)."""
     from ray import tune
 
     from ltsearch import cluster
     from ltsearch.progress import ProgressPrinter
+    from ltsearch.stopping import FailFast, Interrupts, StudyStopper
 
     study_dir = Path(ctx.study_dir)
-    where = cluster.connect(address, cpus_needed=_cpus_needed(spec))
+    # Ctrl-C is ours (Interrupts), not Tune's: Tune's handler ends fit() as if it finished
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    # a failed trial is one progress line; its traceback is in parquet and its error.txt
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; put it back after
+    try:
+        where = cluster.connect(address, cpus_needed=_cpus_needed(spec))
+    except SystemExit as exc:  # ray.init's SIGTERM handler exits with the signal number
+        if exc.code == signal.SIGTERM:
+            raise KeyboardInterrupt from None
+        raise
+    signal.signal(signal.SIGTERM, sigterm)
+    stopper = StudyStopper()
     try:
         printer = ProgressPrinter(spec, study_dir, enabled=progress, done_before=plan.finished)
         printer.header(where)
+        fail_fast = FailFast(stopper, study_dir, spec.search.max_failures)
         tuner = tune.Tuner(
             tune.with_resources(make_trial_fn(ctx, execute), _resources(spec)),
             tune_config=tune.TuneConfig(
@@ -330,14 +376,17 @@ def _fit(
                 name=TUNE_DIR,
                 storage_path=str(study_dir),
                 verbose=0,
-                callbacks=[printer],
+                stop=stopper,
+                callbacks=[printer, fail_fast],
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             ),
         )
-        tuner.fit()
+        with Interrupts(stopper, study_dir):  # after connect: ray.init sets its own SIGTERM
+            tuner.fit()
     finally:
         cluster.shutdown()
-    return where
+        signal.signal(signal.SIGTERM, sigterm)
+    return where, stopper.request_
 
 
 def _cpus_needed(spec: StudySpec) -> float:

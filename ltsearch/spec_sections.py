@@ -50,9 +50,10 @@ class SyntheticData(Strict):
 class LvisData(Strict):
     """An LVIS-format dataset. Paths are not checked when a spec loads (a study is often
     written on a laptop for a cluster's paths): :meth:`check_paths` does, on request
-    (``ltsearch validate --check-data``). Relative paths are relative to the working
-    directory where ``ltsearch`` runs. ``train_images``/``val_images`` default to
-    ``images`` (COCO's layout: one root holding both splits' files)."""
+    (``ltsearch validate --check-data``). Relative paths in a study file are relative to
+    the file's own directory (made absolute when it loads, :mod:`ltsearch.spec_paths`).
+    ``train_images``/``val_images`` default to ``images`` (COCO's layout: one root holding
+    both splits' files)."""
 
     kind: Literal["lvis"]
     train: Path_
@@ -73,7 +74,8 @@ class LvisData(Strict):
             if not ok:
                 what = "annotation file" if key in ("train", "val") else "image directory"
                 raise SpecError(
-                    f"{what} {value!r} does not exist (from {Path.cwd()}); fix the path",
+                    f"{what} {value!r} does not exist; fix the path (relative paths are "
+                    "relative to the study file's directory)",
                     path=["dataset", key],
                 )
 
@@ -144,7 +146,9 @@ class Objective(NamedTuple):
 
 class SearchSpec(Strict):
     """How the search runs. ``trials`` counts configurations (each runs once per seed);
-    it defaults to the number of grid points under the grid sampler."""
+    it defaults to the number of grid points under the grid sampler. ``max_failures``:
+    while no trial has succeeded, this many failures with the same error stop the study
+    (a systematic error, e.g. a wrong path; 0 never stops)."""
 
     sampler: Literal["tpe", "nsga2", "grid", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["bbox/APr:max", "bbox/APf:max"])
@@ -153,6 +157,7 @@ class SearchSpec(Strict):
     seed: int = 0
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
     population_size: Annotated[int, Field(ge=2)] | None = None
+    max_failures: Annotated[int, Field(ge=0)] = 3
 
     @field_validator("objectives")
     @classmethod

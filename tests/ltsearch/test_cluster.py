@@ -85,7 +85,8 @@ def test_study_runs_as_a_ray_job_on_a_two_node_cluster(tmp_path: Path, ray_nodes
 
     # it joined the cluster (RAY_ADDRESS from the job), not a Ray of its own
     assert "on ray cluster at" in logs and "local ray" not in logs, logs[-4000:]
-    assert "study finished" in logs and "2 trial(s) ok, 0 failed" in logs, logs[-4000:]
+    assert "quickstart-smoke: 2/2 trials, study complete" in logs, logs[-4000:]
+    assert "runs (configuration x seed): 2 ok, 0 failed" in logs, logs[-4000:]
     df = ResultStore(storage / "quickstart-smoke").load_trials()
     assert len(df) == 2 and (df["status"] == "ok").all()
     assert sorted(df["loss"]) == ["acsl", "ce"]
