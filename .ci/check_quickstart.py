@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "acceptance"))
 from study_checks import check_report, check_results  # noqa: E402
 
-from ltsearch.spec import load_spec  # noqa: E402
+from ltsearch.spec.study import load_spec  # noqa: E402
 from ltsearch.store import ResultStore  # noqa: E402
 
 

@@ -71,7 +71,7 @@ def fake_study(storage: Path) -> Path:
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from ltsearch.spec import load_spec
+    from ltsearch.spec.study import load_spec
     from ltsearch.store import ResultStore
 
     spec = load_spec(STUDIES / "quickstart.yaml").with_overrides(storage=str(storage))

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_utils
 
-from ltmodels.evaluation import METRIC_NAMES, evaluate_lvis, load_lvis_gt
-from ltmodels.lvis_compat import lvis_api_evaluate
+from ltmodels.evaluation.lvis_api import lvis_api_evaluate
+from ltmodels.evaluation.metrics import METRIC_NAMES, evaluate_lvis, load_lvis_gt
 
 WIDTH, HEIGHT = 640, 480
 

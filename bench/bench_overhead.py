@@ -1,6 +1,6 @@
 """Framework overhead per trial: Ray Tune + OptunaSearch + parquet around a no-op trial.
 
-Runs a study through :func:`ltsearch.runner.run_study` exactly as ``ltsearch run`` does, but
+Runs a study through :func:`ltsearch.run.driver.run_study` exactly as ``ltsearch run`` does, but
 each (configuration, seed) returns fixed metrics at once instead of training, so the wall
 time is what the study system itself costs: Ray start-up, Optuna's sampler and journal,
 Tune's scheduling, the parquet parts, the progress lines. Prints the per-trial overhead.
@@ -19,9 +19,9 @@ from typing import Any
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from ltmodels.trial import TrialResult  # noqa: E402
-from ltsearch.runner import run_study  # noqa: E402
-from ltsearch.spec import spec_from_dict  # noqa: E402
+from ltmodels.trial.config import TrialResult  # noqa: E402
+from ltsearch.run.driver import run_study  # noqa: E402
+from ltsearch.spec.study import spec_from_dict  # noqa: E402
 
 
 def noop_trial(cfg: Any, *, workdir: Path, resources: Any) -> TrialResult:

@@ -5,7 +5,7 @@ the same anchors, RoI pools, box and mask heads, 600/300 RPN proposals, 128 RoIs
 from the same initial weights on the same images in the same order:
 
 - ltmodels: ``build_detector`` with the ``ce`` loss (``LongTailRoIHeads``: the loss object,
-  its scores) trained by ``ltmodels.engine.train_one_epoch`` (warm-up/step scheduler stepped
+  its scores) trained by ``ltmodels.engine.train.train_one_epoch`` (warm-up/step scheduler stepped
   every iteration, loss terms synced and checked for finiteness);
 - torchvision: ``torchvision.models.detection.MaskRCNN`` built from the same parts with its
   standard ``RoIHeads`` and ``FastRCNNPredictor``, trained by a plain loop (forward, sum,
@@ -35,9 +35,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
 from ltmodels.data import LVISDetection, collate_fn
 from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
-from ltmodels.detector import ModelSpec, _parts, build_detector
-from ltmodels.engine import WarmupMultiStepLR, build_optimizer, train_one_epoch
+from ltmodels.engine.train import WarmupMultiStepLR, build_optimizer, train_one_epoch
 from ltmodels.losses import build_loss
+from ltmodels.modeling.detector import ModelSpec, _parts, build_detector
 
 
 def torchvision_model(spec: ModelSpec, num_classes: int) -> MaskRCNN:

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
-from ltmodels.trial import DataConfig, StageConfig, TrialConfig, run_trial
+from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
+from ltmodels.trial.run import run_trial
 
 BOX_KEYS = ("bbox/AP", "bbox/APr", "bbox/APc", "bbox/APf")
 
@@ -87,9 +88,9 @@ def stage1_config(args: argparse.Namespace, epochs: int, loss: str = "ce") -> St
 
 def cmd_stage1(args: argparse.Namespace) -> dict[str, Any]:
     """End-to-end CE training with a bbox evaluation of every epoch's checkpoint."""
-    from ltmodels.checkpoint import load_checkpoint
-    from ltmodels.schedules import build_model, device_of, full_evaluation, model_spec
-    from ltmodels.stages import datasets
+    from ltmodels.engine.checkpoint import load_checkpoint
+    from ltmodels.trial.schedules import build_model, device_of, full_evaluation, model_spec
+    from ltmodels.trial.stages import datasets
 
     data = dataset(args)
     cfg = TrialConfig(

@@ -33,7 +33,7 @@ EXIT_CODES = f"""exit codes:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ltsearch.spec import load_spec
+    from ltsearch.spec.study import load_spec
 
     spec = load_spec(args.study)
     if args.smoke:
@@ -51,8 +51,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from ltsearch.runner import run_study
-    from ltsearch.spec import load_spec
+    from ltsearch.run.driver import run_study
+    from ltsearch.spec.study import load_spec
 
     spec = load_spec(args.study)
     if args.smoke:
@@ -76,7 +76,7 @@ def _in_file(study: str) -> Iterator[None]:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from ltsearch.runner import resume_study
+    from ltsearch.run.driver import resume_study
 
     outcome = resume_study(args.study_dir, address=args.address)
     return _finish(outcome, report=not args.no_report)
@@ -100,7 +100,7 @@ def _finish(outcome: Any, *, report: bool) -> int:
     rows = len(df)
     print(f"study ran for {outcome.wall_s:.0f} s\n  parquet: {d / 'trials'}")
     if report:
-        from ltsearch.report import write_report
+        from ltsearch.report.document import write_report
 
         path = write_report(d)
         print(f"  report:  {path}")
@@ -139,7 +139,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from ltsearch.report import write_report
+    from ltsearch.report.document import write_report
 
     path = write_report(
         Path(args.study_dir), x=args.x, y=args.y, compare=[Path(p) for p in args.compare]

@@ -5,7 +5,7 @@ when there is one, so every trial has it) and ``<loss>.<param>`` for each parame
 chosen loss (``acsl.xi``), so that two losses' parameters never share a distribution.
 Fixed values are not suggested (Optuna sees no distribution) but :func:`suggest` returns
 them, so its result is the complete configuration that :func:`params_to_config` and
-:func:`ltsearch.spec.config_hash` take.
+:func:`ltsearch.spec.hashing.config_hash` take.
 
 Space kinds map to Optuna as: ``grid`` and ``categorical`` -> ``suggest_categorical``;
 ``uniform`` -> ``suggest_float`` (with ``step``); ``loguniform`` -> ``suggest_float(log=True)``;
@@ -31,9 +31,10 @@ from typing import Any
 import optuna
 
 from ltsearch.errors import SpecError
-from ltsearch.spec import StudySpec, split_params
-from ltsearch.spec_loss import ParamSpace
-from ltsearch.spec_points import check_point, param_key
+from ltsearch.spec.hashing import split_params
+from ltsearch.spec.loss import ParamSpace
+from ltsearch.spec.points import check_point, param_key
+from ltsearch.spec.study import StudySpec
 
 
 def _suggest_one(trial: optuna.Trial, key: str, space: ParamSpace) -> Any:

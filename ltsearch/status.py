@@ -21,9 +21,9 @@ from typing import Any
 
 from ltsearch import journal
 from ltsearch.rows import config_label, config_params
-from ltsearch.runner import JOURNAL_FILE, load_study_dir
-from ltsearch.spec_sections import Objective
+from ltsearch.spec.sections import Objective
 from ltsearch.store import ResultStore
+from ltsearch.study_dir import JOURNAL_FILE, load_study_dir
 
 MAX_STATUS_FAILURES = 20
 
@@ -128,7 +128,7 @@ def study_progress(study_dir: str | Path) -> StudyProgress:
 
 def _ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
     """100 when stored metrics are lvis-api fractions, 1 when some value is already in %
-    (the rule of :func:`ltsearch.report_tables.prepare_runs`)."""
+    (the rule of :func:`ltsearch.report.tables.prepare_runs`)."""
     for r in rows:
         for k, v in r.items():
             if k.startswith(("bbox/", "segm/")) and isinstance(v, (int, float)) and v > 1.0:

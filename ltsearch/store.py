@@ -26,19 +26,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
-import subprocess
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ltmodels.atomic import write_atomic
+from ltmodels.engine.atomic import write_atomic
 from ltsearch.errors import StoreError
 
 if TYPE_CHECKING:  # pandas is imported where a frame is built (`ltsearch status` needs none)
@@ -48,7 +44,6 @@ TRIAL_REQUIRED = ("study", "trial_id", "config_hash", "loss", "seed", "status")
 STATUSES = ("ok", "failed")
 KINDS = ("trials", "epochs", "categories")
 CACHE_DIR = ".cache"
-VERSION_PACKAGES = ("ltsearch", "torch", "torchvision", "ray", "optuna", "numpy", "vernier")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -290,48 +285,7 @@ class ResultStore:
         return bool(hit.any())
 
 
-def _git_commit(repo: Path) -> str | None:
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}-dirty" if dirty else head or None
-
-
-@lru_cache(maxsize=1)
-def _metadata() -> tuple[str | None, str]:
-    versions: dict[str, str | None] = {}
-    for pkg in VERSION_PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    commit = _git_commit(Path(__file__).resolve().parents[1])
-    return commit, json.dumps(versions, sort_keys=True)
-
-
-def run_metadata() -> dict[str, Any]:
-    """Provenance for a result row: ``git_commit`` of the ltsearch checkout (``-dirty``
-    when tracked files changed; None outside git), ``versions`` (JSON text of the
-    versions of :data:`VERSION_PACKAGES`, read from package metadata without importing
-    them), ``host`` and ``pid``."""
-    commit, versions = _metadata()
-    return {
-        "git_commit": commit,
-        "versions": versions,
-        "host": socket.gethostname(),
-        "pid": os.getpid(),
-    }
-
-
 __all__ = [
-    "KINDS", "STATUSES", "TRIAL_REQUIRED", "ResultStore", "load_parts", "run_metadata",
+    "KINDS", "STATUSES", "TRIAL_REQUIRED", "ResultStore", "load_parts",
     "write_parquet_atomic",
 ]  # fmt: skip

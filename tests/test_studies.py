@@ -13,10 +13,10 @@ import pytest
 
 from ltsearch.cli import main as cli_main
 from ltsearch.space import grid_points
-from ltsearch.spec import StudySpec, load_spec, param_key
-from ltsearch.spec_loss import ParamSpace
-from ltsearch.spec_points import check_point
-from ltsearch.spec_sections import METRIC_NAMES
+from ltsearch.spec.loss import ParamSpace
+from ltsearch.spec.points import check_point
+from ltsearch.spec.sections import METRIC_NAMES
+from ltsearch.spec.study import StudySpec, load_spec, param_key
 from ltsearch.store import ResultStore
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"

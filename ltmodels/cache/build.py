@@ -36,18 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltmodels.data.lvis import collate_fn
-from ltmodels.errors import ConfigError
-from ltmodels.feature_cache import (
-    FORMAT,
-    FeatureCache,
-    cache_problem,
-    exclusive_lock,
-    install,
-    remove_leftovers,
-    write_manifest,
-)
-from ltmodels.feature_extract import (
+from ltmodels.cache.extract import (
     TRAIN_ROI_EXTRA,
     VAL_ROI_EXTRA,
     CacheWriter,
@@ -56,6 +45,17 @@ from ltmodels.feature_extract import (
     feature_dim,
     ids_digest,
 )
+from ltmodels.cache.store import (
+    FORMAT,
+    FeatureCache,
+    cache_problem,
+    exclusive_lock,
+    install,
+    remove_leftovers,
+    write_manifest,
+)
+from ltmodels.data.lvis import collate_fn
+from ltmodels.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +199,9 @@ def build_feature_cache(
     first builds, the others wait and reuse its cache.
 
     Args:
-        model: torchvision Mask/Faster R-CNN with :class:`~ltmodels.roi_heads.LongTailRoIHeads`
-            (any ``RoIHeads``), on the device to run on; run in eval mode, its mode restored.
+        model: torchvision Mask/Faster R-CNN with
+            :class:`~ltmodels.modeling.roi_heads.LongTailRoIHeads` (any ``RoIHeads``), on the
+            device to run on; run in eval mode, its mode restored.
         train_set, val_set: :class:`~ltmodels.data.lvis.LVISDetection` (or ``Subset`` of one)
             with deterministic transforms (no random flip/scale: the cache adds the mirror).
         cache_dir: parent folder of all caches.

@@ -18,8 +18,8 @@ score threshold, optional pre-NMS top-k, small boxes removed, per-class NMS, bes
 - every predictor of the list is applied to one read of each chunk of features, so a study
   evaluates many trials for the cost of reading the cache once.
 
-The classifier of a :class:`~ltmodels.heads.LinearPredictor` runs without its box regressor
-(:func:`classifier_logits`); other predictors run whole.
+The classifier of a :class:`~ltmodels.modeling.heads.LinearPredictor` runs without its box
+regressor (:func:`classifier_logits`); other predictors run whole.
 
 Detections map back to LVIS image coordinates (``orig_size / input_size``) and category ids.
 """
@@ -36,12 +36,12 @@ from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import nms
 
-from ltmodels.engine import score_detections
+from ltmodels.cache.store import FeatureCache
+from ltmodels.engine.evaluate import score_detections
 from ltmodels.errors import ConfigError
-from ltmodels.evaluation import LvisGroundTruth, load_lvis_gt
-from ltmodels.feature_cache import FeatureCache
-from ltmodels.heads import LinearPredictor
+from ltmodels.evaluation.metrics import LvisGroundTruth, load_lvis_gt
 from ltmodels.losses.base import LongTailLoss
+from ltmodels.modeling.heads import LinearPredictor
 
 _CHUNK_SCORES = 1 << 24  # padded score entries per chunk (64 MiB of float32)
 _NMS_GROUP = 128  # candidates per NMS call (whole classes of one image per call)
@@ -226,7 +226,7 @@ def predict_cached(
 
     Args:
         predictors: box predictors (on ``device``) with the loss that scores their logits.
-        cache: from :func:`~ltmodels.feature_build.build_feature_cache`.
+        cache: from :func:`~ltmodels.cache.build.build_feature_cache`.
         score_thresh, nms_thresh, detections_per_img: the RoI head's inference settings.
         topk_candidates: (RoI, class) candidates kept per image before NMS (``None``: all
             above the threshold, as the full model does by default).
@@ -292,7 +292,7 @@ def evaluate_cached(
 
     Returns:
         Per predictor, the flat metrics ``{"bbox/AP": ..., "bbox/APr": ...}`` and the
-        per-category AP table, as :func:`ltmodels.engine.score_detections` gives them.
+        per-category AP table, as :func:`ltmodels.engine.evaluate.score_detections` gives them.
     """
     gt_data = gt if isinstance(gt, LvisGroundTruth) else load_lvis_gt(gt)
     out = []

@@ -1,5 +1,5 @@
 """Running a frozen detector for the feature cache: proposals, matching, box-head features,
-and the writer that streams them to disk (used by :mod:`ltmodels.feature_build`).
+and the writer that streams them to disk (used by :mod:`ltmodels.cache.build`).
 
 Shape shorthand: P RoIs of one image view (RPN proposals plus its G ground-truth boxes for a
 training view), D box-head channels, K pre-sampled views per training image.
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltmodels.feature_cache import ArrayWriter
-from ltmodels.roi_sampling import sample_balanced
+from ltmodels.cache.store import ArrayWriter
+from ltmodels.modeling.roi_sampling import sample_balanced
 
 # bytes per cached RoI besides its features: label, gt index (int32), target, box (4 x f32)
 TRAIN_ROI_EXTRA = 4 + 4 + 16 + 16

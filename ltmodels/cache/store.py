@@ -224,7 +224,7 @@ def _offsets(counts: np.ndarray) -> np.ndarray:
 
 
 class FeatureCache:
-    """A validated, memory-mapped feature cache (see :mod:`ltmodels.feature_build`).
+    """A validated, memory-mapped feature cache (see :mod:`ltmodels.cache.build`).
 
     Shape shorthand: R cached training RoIs, V training views, n training images, Q cached
     validation proposals, m validation images, D feature channels, C foreground classes.

@@ -6,12 +6,12 @@ K = ``loss.num_logits(C)`` classifier outputs, C foreground classes.
 Every iteration draws B training images (a fresh permutation per epoch), one cached view per
 image (the image or its mirror, or one of the budget mode's pre-sampled views) and samples
 that view's RoIs afresh with torchvision's rule (``rois_per_image``, ``positive_fraction``;
-:func:`~ltmodels.roi_sampling.sample_balanced`, vectorised over the batch). The loss sees
-exactly what :class:`~ltmodels.roi_heads.LongTailRoIHeads` gives it in end-to-end training:
-``loss(logits, labels, features=, weight=predictor.cls_weight, gt_index=)``, plus
+:func:`~ltmodels.modeling.roi_sampling.sample_balanced`, vectorised over the batch). The loss sees
+exactly what :class:`~ltmodels.modeling.roi_heads.LongTailRoIHeads` gives it in end-to-end
+training: ``loss(logits, labels, features=, weight=predictor.cls_weight, gt_index=)``, plus
 torchvision's smooth-L1 box loss (beta 1/9, summed over positives, divided by N) when the
 box regressor trains. ``gt_index`` is the dataset-wide ground-truth index, unique in a batch.
-SGD with momentum, :class:`~ltmodels.engine.WarmupMultiStepLR` stepped every iteration.
+SGD with momentum, :class:`~ltmodels.engine.train.WarmupMultiStepLR` stepped every iteration.
 
 A loss with a feature memory (LOCE's MFS, :mod:`ltmodels.losses.feature_sampling`) gets,
 every iteration, the batch's positive RoIs pushed (cached features, labels, regression
@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ltmodels.cached_eval import classifier_logits
-from ltmodels.engine import NonFiniteLossError, WarmupMultiStepLR
+from ltmodels.cache.evaluate import classifier_logits
+from ltmodels.cache.store import FeatureCache
+from ltmodels.engine.train import NonFiniteLossError, WarmupMultiStepLR
 from ltmodels.errors import ConfigError
-from ltmodels.feature_cache import FeatureCache
 from ltmodels.losses.base import LongTailLoss
 from ltmodels.losses.feature_sampling import MemoryAccess, bind_memory, memory_of
 from ltmodels.losses.mfs import memory_gt_index
-from ltmodels.roi_sampling import sample_balanced
+from ltmodels.modeling.roi_sampling import sample_balanced
 
 
 def sample_batch(
@@ -154,7 +154,7 @@ def train_predictor_cached(
     Args:
         predictor: a box predictor (``(logits [N, K], boxes [N, 4 (C + 1)])``, ``cls_weight``).
         loss: the trial's loss.
-        cache: from :func:`~ltmodels.feature_build.build_feature_cache`.
+        cache: from :func:`~ltmodels.cache.build.build_feature_cache`.
         epochs: passes over the training images; an epoch has ``ceil(n / batch_images)``
             iterations.
         lr, momentum, weight_decay: SGD.

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from ltmodels import distributed
+from ltmodels.engine import distributed
 from ltmodels.errors import ConfigError
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltmodels.atomic import write_atomic
+from ltmodels.engine.atomic import write_atomic
 
 FORMAT = 1
 

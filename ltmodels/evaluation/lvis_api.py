@@ -1,7 +1,7 @@
 """lvis-api (``lvis`` 0.5.3, the PyPI release) as a reference evaluator on modern NumPy.
 
-lvis-api is the oracle that :func:`ltmodels.evaluation.evaluate_lvis` is tested against. Its
-PyPI release calls ``np.float`` in ``LVISEval.accumulate``, an alias NumPy removed in 1.24, so
+lvis-api is the oracle that :func:`ltmodels.evaluation.metrics.evaluate_lvis` is tested against.
+Its PyPI release calls ``np.float`` in ``LVISEval.accumulate``, an alias NumPy removed in 1.24, so
 on current NumPy it fails with ``AttributeError`` after doing all the matching work. Rather than
 patching NumPy for the whole process, :func:`lvis_numpy_compat` gives the ``lvis.eval`` module
 its own ``np``: a namespace that answers ``float`` with the builtin (what the alias was) and

@@ -39,7 +39,7 @@ import numpy as np
 import vernier.instance as vi
 
 from ltmodels.errors import ConfigError, DatasetError
-from ltmodels.lvis_compat import METRIC_NAMES, per_category_ap
+from ltmodels.evaluation.lvis_api import METRIC_NAMES, per_category_ap
 
 IOU_TYPES = ("bbox", "segm")
 FREQUENCIES = ("r", "c", "f")

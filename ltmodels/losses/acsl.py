@@ -47,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.distributed import rank
+from ltmodels.engine.distributed import rank
 from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 from ltmodels.losses.domains import DOMAINS
 

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.distributed import all_gather_cat
+from ltmodels.engine.distributed import all_gather_cat
 from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 from ltmodels.losses.domains import DOMAINS
 from ltmodels.losses.feature_sampling import FeatureSampling, MemoryAccess

@@ -14,7 +14,7 @@ Sigmoid BCE where class ``j`` weights its positive and negative terms by (paper 
 negative gradient magnitudes ``|sigmoid(z) - y|``, each multiplied by the weight it was
 trained with (the code's ``collect_grad``), are added after this batch's loss is computed.
 They accumulate from iteration 0 and are summed over DDP workers
-(:func:`ltmodels.distributed.all_reduce_sum`). Until the first update every weight is
+(:func:`ltmodels.engine.distributed.all_reduce_sum`). Until the first update every weight is
 exactly 1 (the code starts from ``g = 100``, which gives 1 for its default gamma; we use an
 update counter, which gives 1 for any gamma). Statistics are updated in training mode only.
 
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.distributed import all_reduce_sum
+from ltmodels.engine.distributed import all_reduce_sum
 from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 from ltmodels.losses.domains import DOMAINS
 

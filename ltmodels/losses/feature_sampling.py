@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltmodels.distributed import rank
+from ltmodels.engine.distributed import rank
 from ltmodels.losses.mfs import FeatureMemory, MemorySample
 
 _RANK_STRIDE = 0x9E3779B97F4A7C15  # odd, so the seeds of different ranks differ

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from ltmodels.distributed import all_reduce_sum
+from ltmodels.engine.distributed import all_reduce_sum
 from ltmodels.losses.base import LongTailLoss, build_loss, register_loss, registry, upcast
 from ltmodels.losses.domains import DOMAINS
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ltmodels.distributed import all_gather_cat
+from ltmodels.engine.distributed import all_gather_cat
 from ltmodels.losses.domains import MFS_PARAMS
 
 NUM_DENSE_BOXES = 16

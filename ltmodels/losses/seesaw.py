@@ -16,7 +16,7 @@ every RoI, and the class softmax on foreground RoIs only:
 
 (both terms divided by the number of RoIs N, the code's ``avg_factor``). The class counts
 ``N`` are a buffer: each batch's foreground labels are counted (summed over DDP workers
-with :func:`ltmodels.distributed.all_reduce_sum`) and added **before** the loss is
+with :func:`ltmodels.engine.distributed.all_reduce_sum`) and added **before** the loss is
 computed, in training mode only.
 
 Shape shorthand: N RoIs, C foreground classes, K = C + 2 logits. Column layout (the code
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ltmodels.distributed import all_reduce_sum
+from ltmodels.engine.distributed import all_reduce_sum
 from ltmodels.losses.base import LongTailLoss, register_loss, upcast
 from ltmodels.losses.domains import DOMAINS
 

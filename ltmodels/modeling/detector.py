@@ -34,9 +34,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ltmodels.errors import ConfigError
-from ltmodels.heads import LinearPredictor, build_predictor
 from ltmodels.losses.base import LongTailLoss
-from ltmodels.roi_heads import BOX_LOSSES, LongTailRoIHeads
+from ltmodels.modeling.heads import LinearPredictor, build_predictor
+from ltmodels.modeling.roi_heads import BOX_LOSSES, LongTailRoIHeads
 
 BACKBONES = ("tiny", "resnet18_fpn", "resnet50_fpn", "resnet101_fpn")
 NORMS = ("bn", "frozen_bn", "gn")

@@ -21,7 +21,7 @@ checkpoint.
 A loss with a feature memory (LOCE's MFS, the protocol of
 :mod:`ltmodels.losses.feature_sampling`) is bound to the predictor's feature width here; in
 training the head pushes dense-box features to it and appends R sampled memory rows after
-the N RoIs of the classifier batch (:mod:`ltmodels.roi_mfs`). Other losses see no change.
+the N RoIs of the classifier batch (:mod:`ltmodels.modeling.roi_mfs`). Other losses see no change.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ from torch import nn
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.ops import generalized_box_iou_loss
 
-from ltmodels.detections import mask_probs, select_detections
 from ltmodels.losses.base import LongTailLoss
 from ltmodels.losses.feature_sampling import bind_memory, memory_of
 from ltmodels.losses.mfs import MemorySample, memory_gt_index
-from ltmodels.roi_mfs import memory_box_loss, push_dense_features
+from ltmodels.modeling.detections import mask_probs, select_detections
+from ltmodels.modeling.roi_mfs import memory_box_loss, push_dense_features
 
 BOX_LOSSES = ("smooth_l1", "giou")
 _RESERVED = ("loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")

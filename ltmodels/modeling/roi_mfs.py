@@ -1,4 +1,4 @@
-"""MFS in the full model: what :class:`~ltmodels.roi_heads.LongTailRoIHeads` does when its
+"""MFS in the full model: what :class:`~ltmodels.modeling.roi_heads.LongTailRoIHeads` does when its
 loss has a feature memory (LOCE Sec. 3.3; see :mod:`ltmodels.losses.feature_sampling`).
 
 Shape shorthand: G ground-truth boxes of the batch, P = 16 G dense boxes, D box-head

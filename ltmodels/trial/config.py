@@ -1,9 +1,13 @@
-"""One trial of a study, independent of Ray: configuration in, metrics out.
+"""The configuration of one trial, as plain data: what every other trial module imports.
+
+It imports nothing of ``ltmodels`` (no torch either), so the modules that train
+(:mod:`~ltmodels.trial.stages`, :mod:`~ltmodels.trial.schedules`) and the entry point
+(:mod:`ltmodels.trial.run`) all depend on it and never on each other in a circle.
 
 A trial trains (or fine-tunes) a Mask R-CNN with one loss and one seed and evaluates it
 with the LVIS metrics. ``ltsearch`` builds a :class:`TrialConfig` from a study spec and
-runs :func:`run_trial` in-process (one CPU worker) or inside each Ray Train worker (DDP);
-this module never imports Ray.
+runs :func:`ltmodels.trial.run.run_trial` in-process (one CPU worker) or inside each Ray
+Train worker (DDP).
 
 Schedules:
     ``end_to_end``: the whole detector trains with the trial's loss (C2AM, ROG).
@@ -16,11 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from ltmodels.stages import EpochCallback
+from typing import Any
 
 FINETUNE_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head")
 
@@ -71,7 +71,7 @@ class TrialConfig:
 
     Attributes:
         data: dataset paths.
-        model: keyword overrides of :class:`ltmodels.detector.ModelSpec`.
+        model: keyword overrides of :class:`ltmodels.modeling.detector.ModelSpec`.
         schedule: ``"end_to_end"`` or ``"decoupled"``.
         train: the trial's own stage (whole training, or stage 2), with the trial's loss.
         stage1: the shared baseline stage when ``schedule == "decoupled"``.
@@ -131,23 +131,3 @@ def _stage(data: Mapping[str, Any]) -> StageConfig:
     d = dict(data)
     d["finetune"] = tuple(d.get("finetune", ()))
     return StageConfig(**d)
-
-
-def run_trial(
-    cfg: TrialConfig, *, workdir: str | Path, on_epoch: EpochCallback | None = None
-) -> TrialResult:
-    """Train and evaluate one (configuration, seed); resumable from ``workdir``.
-
-    Args:
-        cfg: the trial.
-        workdir: this run's directory (checkpoints); a rerun resumes from its checkpoint.
-        on_epoch: called after each epoch with ``(epoch, stats, checkpoint_dir)``.
-
-    Returns:
-        Final metrics (``bbox/AP``, ``bbox/APr``, ..., ``segm/...`` when masks are
-        evaluated), per-epoch history, per-category AP rows and timings (``train``,
-        ``eval``, ``stage1``, ``cache``).
-    """
-    from ltmodels.schedules import run_schedule
-
-    return run_schedule(cfg, Path(workdir), on_epoch)

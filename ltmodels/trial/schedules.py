@@ -5,7 +5,7 @@
 dataset files) behind a file lock, so concurrent trials wait for the one producer and
 later studies reuse it. Stage 2 either fine-tunes the named parts of the whole model, or,
 when only the box predictor trains, trains it on the RoI-feature cache of that stage-1
-checkpoint (:mod:`ltmodels.features`): predictor training + NMS + evaluation only.
+checkpoint (:mod:`ltmodels.cache`): predictor training + NMS + evaluation only.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ltmodels import distributed as dist_utils
-from ltmodels.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.cache.store import exclusive_lock
 from ltmodels.data import LVISDetection
-from ltmodels.detector import ModelSpec, build_detector
-from ltmodels.engine import predict, score_detections
-from ltmodels.feature_cache import exclusive_lock
+from ltmodels.engine import distributed as dist_utils
+from ltmodels.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.engine.evaluate import predict, score_detections
 from ltmodels.losses import build_loss
-from ltmodels.stages import (
+from ltmodels.modeling.detector import ModelSpec, build_detector
+from ltmodels.trial.config import StageConfig, TrialConfig, TrialResult
+from ltmodels.trial.stages import (
     EpochCallback,
     Timer,
     datasets,
@@ -38,7 +39,6 @@ from ltmodels.stages import (
     train_loader,
     train_stage,
 )
-from ltmodels.trial import StageConfig, TrialConfig, TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,9 @@ def _cached_stage2(
     timer: Timer,
     device: torch.device,
 ) -> tuple[list[dict[str, float]], dict[str, float], list[dict[str, Any]]]:
-    from ltmodels.features import build_feature_cache, evaluate_cached, train_predictor_cached
+    from ltmodels.cache.build import build_feature_cache
+    from ltmodels.cache.evaluate import evaluate_cached
+    from ltmodels.cache.train import train_predictor_cached
 
     train_set, val_set = sets
     plain_train = LVISDetection(cfg.data.train_json, cfg.data.train_root, with_masks=False)
@@ -260,7 +262,7 @@ def _cached_stage2(
 
 
 def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None) -> TrialResult:
-    """See :func:`ltmodels.trial.run_trial`."""
+    """See :func:`ltmodels.trial.run.run_trial`."""
     timer = Timer()
     device = device_of(cfg.device)
     spec = model_spec(dict(cfg.model))

@@ -17,9 +17,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ltmodels import distributed as dist_utils
-from ltmodels.atomic import write_atomic
-from ltmodels.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltmodels.data import (
     LVISDetection,
     RandomHorizontalFlip,
@@ -27,9 +24,12 @@ from ltmodels.data import (
     ShardedRandomSampler,
     collate_fn,
 )
-from ltmodels.engine import WarmupMultiStepLR, build_optimizer, train_one_epoch
+from ltmodels.engine import distributed as dist_utils
+from ltmodels.engine.atomic import write_atomic
+from ltmodels.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ltmodels.engine.train import WarmupMultiStepLR, build_optimizer, train_one_epoch
 from ltmodels.errors import ConfigError
-from ltmodels.trial import FINETUNE_PARTS, DataConfig, StageConfig
+from ltmodels.trial.config import FINETUNE_PARTS, DataConfig, StageConfig
 
 log = logging.getLogger(__name__)
 

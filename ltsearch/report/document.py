@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from ltmodels.errors import ConfigError
-from ltsearch.report_plots import plot_compare, plot_front, plot_groups, plot_sweeps
-from ltsearch.report_sections import (
+from ltsearch.report.plots import plot_compare, plot_front, plot_groups, plot_sweeps
+from ltsearch.report.sections import (
     REPORT_DIR,
     ablation_section,
     compare_md,
@@ -31,17 +31,11 @@ from ltsearch.report_sections import (
     reading_md,
     summary_md,
 )
-from ltsearch.report_tables import (
-    GROUP_METRICS,
-    Summary,
-    groups_md,
-    prepare_runs,
-    summarize,
-)
-from ltsearch.runner import load_study_dir
-from ltsearch.spec import StudySpec
-from ltsearch.spec_sections import METRICS, Objective
+from ltsearch.report.tables import GROUP_METRICS, Summary, groups_md, prepare_runs, summarize
+from ltsearch.spec.sections import METRICS, Objective
+from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
+from ltsearch.study_dir import load_study_dir
 
 REPORT_FILE = "report.md"
 PLOTS = ("pareto.png", "compare.png", "sweeps.png", "groups.png")

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from ltsearch.report_tables import GROUP_METRICS, PARAM_PREFIX, rank_configs
+from ltsearch.report.tables import GROUP_METRICS, PARAM_PREFIX, rank_configs
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINESTYLES = ("-", "--", ":", "-.")

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ltmodels.losses.domains import DOMAINS
-from ltsearch.pareto import hypervolume, prob_dominates
-from ltsearch.report_plots import front_xy
-from ltsearch.report_tables import (
+from ltsearch.report.pareto import hypervolume, prob_dominates
+from ltsearch.report.plots import front_xy
+from ltsearch.report.tables import (
     PARAM_PREFIX,
     Summary,
     config_label,
@@ -27,9 +27,9 @@ from ltsearch.report_tables import (
     md_table,
     signed,
 )
-from ltsearch.spec import StudySpec
-from ltsearch.spec_points import point_loss
-from ltsearch.spec_sections import METRIC_NAMES
+from ltsearch.spec.points import point_loss
+from ltsearch.spec.sections import METRIC_NAMES
+from ltsearch.spec.study import StudySpec
 
 REPORT_DIR = "report"
 TOP_DOMINATION = 6

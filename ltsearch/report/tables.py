@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ltsearch.pareto import pareto_rank, seed_summary
+from ltsearch.report.pareto import pareto_rank, seed_summary
 from ltsearch.rows import PARAM_PREFIX, config_label, config_params
-from ltsearch.spec_sections import Objective
+from ltsearch.spec.sections import Objective
 
 GROUP_METRICS = ("AP", "APr", "APc", "APf")
 DETAIL_LIMIT = 300  # configurations given bootstrap intervals (best ranked first)
@@ -116,7 +116,7 @@ def _rank_2d(x: np.ndarray) -> np.ndarray:
 
 
 def rank_configs(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """:func:`ltsearch.pareto.pareto_rank`, with an exact sort-based path for two
+    """:func:`ltsearch.report.pareto.pareto_rank`, with an exact sort-based path for two
     objectives (pareto_rank compares all pairs once per front: minutes for 10,000 points
     in 100+ fronts).
 

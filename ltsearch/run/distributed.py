@@ -1,10 +1,10 @@
 """One seed of a trial as a Ray Train ``TorchTrainer`` (DDP over several workers or GPUs).
 
-Every worker runs :func:`ltmodels.trial.run_trial` with ``torch.distributed`` initialised by
+Every worker runs :func:`ltmodels.trial.run.run_trial` with ``torch.distributed`` initialised by
 Ray Train (gloo on CPU, NCCL on GPU); the samplers shard per worker and loss statistics are
-all-reduced (``ltmodels.distributed``). Rank 0 reports each epoch's metrics together with
+all-reduced (``ltmodels.engine.distributed``). Rank 0 reports each epoch's metrics together with
 the run's checkpoint directory (Train V2 keeps only metrics reported with a checkpoint) and
-writes the final :class:`~ltmodels.trial.TrialResult` as JSON into the run directory, which
+writes the final :class:`~ltmodels.trial.config.TrialResult` as JSON into the run directory, which
 must be on storage every node sees (the study's storage). A restarted run resumes from the
 checkpoint ``run_trial`` keeps in that directory.
 """
@@ -26,8 +26,9 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from ltmodels.distributed import rank
-    from ltmodels.trial import run_trial, trial_config_from_dict
+    from ltmodels.engine.distributed import rank
+    from ltmodels.trial.config import trial_config_from_dict
+    from ltmodels.trial.run import run_trial
 
     cfg = trial_config_from_dict(loop_config["trial"])
     workdir = Path(loop_config["workdir"])
@@ -55,7 +56,7 @@ def run_distributed(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ltmodels.trial import TrialResult, trial_config_to_dict
+    from ltmodels.trial.config import TrialResult, trial_config_to_dict
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / RESULT_FILE).unlink(missing_ok=True)  # never return a previous run's result

@@ -13,7 +13,7 @@ use ``Tuner.restore``: Tune saves its experiment state at most every 10 s, so af
 ``kill -9`` of the driver it can be several trials behind, and a restored run then samples
 new configurations on top of ones already finished (a 5-trial study ended with 6
 configurations). The Optuna journal, written at every ask and tell, is the source of
-truth instead. A resumed run (:func:`plan_study`):
+truth instead. A resumed run (:func:`ltsearch.run.search.plan_study`):
 
 - counts the journal's finished trials (complete, failed, pruned) against ``trials``;
 - adopts every trial still ``RUNNING`` there (the killed driver's trials in flight): a new
@@ -24,7 +24,7 @@ truth instead. A resumed run (:func:`plan_study`):
   the killed run already made.
 
 A (configuration, seed) already in parquet with status ok is read back, never re-run
-(:func:`ltsearch.trainable.run_seed`), and its part file is named by configuration and
+(:func:`ltsearch.run.trainable.run_seed`), and its part file is named by configuration and
 seed, so each (configuration, seed) is stored exactly once. A driver holds an exclusive
 lock on ``.driver.lock`` while it runs (released by the OS when it dies, ``kill -9``
 included), so two drivers never adopt each other's trials.
@@ -33,29 +33,34 @@ included), so two drivers never adopt each other's trials.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ltsearch.errors import SpecError
-from ltsearch.spec import StudySpec, load_spec
-from ltsearch.spec_paths import require_absolute
-from ltsearch.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
+from ltsearch.run.search import (
+    StudyPlan,
+    journal_storage,
+    make_searcher,
+    plan_study,
+    repair_journal,
+)
+from ltsearch.run.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
+from ltsearch.spec.paths import require_absolute
+from ltsearch.spec.study import StudySpec
+from ltsearch.study_dir import SPEC_FILE, load_study_dir
 
-SPEC_FILE = "spec.yaml"
-JOURNAL_FILE = "optuna.journal"
 TUNE_DIR = "tune"
 LOCK_FILE = ".driver.lock"
 
 if TYPE_CHECKING:
-    from ltsearch.stopping import StopRequest
+    from ltsearch.run.stopping import StopRequest
 
 
 @dataclass
@@ -100,25 +105,6 @@ def _write_spec(spec: StudySpec, study_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_study_dir(study_dir: str | Path) -> StudySpec:
-    """The spec a study directory was started with (for ``resume`` and ``status``)."""
-    root = Path(study_dir)
-    if not root.is_dir():
-        raise SpecError(
-            "no such directory; give the study directory `ltsearch run` printed "
-            "(<storage>/<name>)",
-            file=str(study_dir),
-        )
-    path = root / SPEC_FILE
-    if not path.exists():
-        raise SpecError(
-            f"no {SPEC_FILE} here: not a study directory (give the directory `ltsearch run` "
-            "printed, e.g. runs/<name>)",
-            file=str(study_dir),
-        )
-    return load_spec(path)
-
-
 @contextlib.contextmanager
 def _driver_lock(study_dir: Path) -> Iterator[None]:
     """Hold the study's driver lock; a second driver of the same study is a user error."""
@@ -146,134 +132,6 @@ def _driver_lock(study_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _repair_journal(study_dir: Path) -> None:
-    """Make the journal appendable after a crash of the driver that held it.
-
-    Only called under the driver lock (no other writer): drops an incomplete last line
-    (a write cut short; Optuna's reader rejects it once another line follows) and a
-    journal lock left behind (Optuna would wait 30 s before breaking it).
-    """
-    path = study_dir / JOURNAL_FILE
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                data = path.read_bytes()
-                f.truncate(data.rfind(b"\n") + 1)
-    lock = path.with_name(path.name + ".lock")
-    if lock.is_symlink() or lock.exists():
-        lock.unlink()
-
-
-def _journal_storage(study_dir: Path) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(study_dir / JOURNAL_FILE)))
-
-
-@dataclass
-class StudyPlan:
-    """What a (re)started driver has left to do, read from the Optuna journal."""
-
-    finished: int = 0  # trials complete, failed or pruned
-    failed: int = 0
-    trials_in_journal: int = 0
-    adopt: list[int] = field(default_factory=list)  # storage ids of RUNNING trials
-    points: list[dict[str, Any]] = field(default_factory=list)  # to enqueue
-    to_run: int = 0  # Tune samples: adopted trials, then new or waiting ones
-
-
-def plan_study(spec: StudySpec, storage: Any) -> StudyPlan:
-    """Read the journal: finished trials, trials to adopt, starting points to enqueue."""
-    import optuna
-    from optuna.trial import TrialState
-
-    from ltsearch.space import points_to_evaluate
-
-    points = points_to_evaluate(spec)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
-        return StudyPlan(points=points, to_run=spec.n_trials)
-    trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.state.is_finished()]
-    adopt = [t._trial_id for t in trials if t.state == TrialState.RUNNING]
-    seen = [t.params for t in trials] + [
-        t.system_attrs["fixed_params"] for t in trials if "fixed_params" in t.system_attrs
-    ]
-    pending = [p for p in points if not any(_same_point(p, s) for s in seen)]
-    left = max(0, spec.n_trials - len(done) - len(adopt))
-    return StudyPlan(
-        finished=len(done),
-        failed=sum(t.state == TrialState.FAIL for t in done),
-        trials_in_journal=len(trials),
-        adopt=adopt[: max(0, spec.n_trials - len(done))],
-        points=pending,
-        to_run=min(len(adopt), max(0, spec.n_trials - len(done))) + left,
-    )
-
-
-def _same_point(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return a.keys() == b.keys() and all(a[k] == b[k] for k in a)
-
-
-def _adopting_search_cls() -> type:
-    from optuna.trial import Trial
-    from ray.tune.search.optuna import OptunaSearch
-
-    class AdoptingOptunaSearch(OptunaSearch):
-        """OptunaSearch that first hands out the given RUNNING journal trials (a killed
-        driver's trials in flight) before asking the study for new ones."""
-
-        def __init__(self, *args: Any, adopt: list[int] | None = None, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._adopt = list(adopt or [])
-
-        def suggest(self, trial_id: str) -> dict | None:
-            if self._adopt and trial_id not in self._ot_trials:
-                study: Any = self._ot_study
-                self._ot_trials[trial_id] = Trial(study, self._adopt.pop(0))
-            return super().suggest(trial_id)
-
-        def on_trial_complete(
-            self, trial_id: str, result: dict | None = None, error: bool = False
-        ) -> None:
-            metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-            if not error and not all((result or {}).get(m) is not None for m in metrics):
-                # stopped by the study (Ctrl-C, SIGTERM, a systematic error) before it
-                # reported: leave it RUNNING in the journal, so resume adopts and reruns it
-                self._completed_trials.add(trial_id)
-                return
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-    return AdoptingOptunaSearch
-
-
-def _searcher(spec: StudySpec, storage: Any, plan: StudyPlan) -> Any:
-    from ray.tune.search import ConcurrencyLimiter
-
-    from ltsearch.space import make_sampler, suggest
-
-    search = spec.search
-    if plan.trials_in_journal:  # a resumed study: do not replay the killed run's draws
-        seed = (search.seed * 1_000_003 + plan.trials_in_journal) % 2**31
-        spec = spec.model_copy(update={"search": search.model_copy(update={"seed": seed})})
-    single = len(search.metric_names) == 1
-    searcher = _adopting_search_cls()(
-        space=functools.partial(suggest, spec=spec),  # picklable: Tune checkpoints it
-        metric=search.metric_names[0] if single else search.metric_names,
-        mode=(search.directions[0][:3] if single else [d[:3] for d in search.directions]),
-        points_to_evaluate=plan.points or None,
-        sampler=make_sampler(spec),
-        storage=storage,
-        study_name=spec.name,
-        seed=None,
-        adopt=plan.adopt,
-    )
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
-
-
 def _resources(spec: StudySpec) -> dict[str, float]:
     r = spec.resources
     if r.workers == 1 and r.gpus_per_worker == 0:
@@ -291,7 +149,7 @@ def run_study(
 ) -> StudyOutcome:
     """Run (or continue) a study to completion; returns where its results are.
 
-    ``execute`` runs one (configuration, seed) (:func:`ltsearch.trainable.execute_trial`;
+    ``execute`` runs one (configuration, seed) (:func:`ltsearch.run.trainable.execute_trial`;
     the framework-overhead benchmark passes a no-op).
 
     Every user error (a different study in the directory, missing dataset files, a second
@@ -306,8 +164,8 @@ def run_study(
     if not resume:
         _write_spec(spec, study_dir)
     with _driver_lock(study_dir):
-        _repair_journal(study_dir)
-        storage = _journal_storage(study_dir)
+        repair_journal(study_dir)
+        storage = journal_storage(study_dir)
         plan = plan_study(spec, storage)
         where, stop = "nothing to run", None
         if plan.to_run:
@@ -343,9 +201,9 @@ def _fit(
     """Run the Tuner; returns where it ran and why it stopped early (None: it did not)."""
     from ray import tune
 
-    from ltsearch import cluster
-    from ltsearch.progress import ProgressPrinter
-    from ltsearch.stopping import FailFast, Interrupts, StudyStopper
+    from ltsearch.run import cluster
+    from ltsearch.run.progress import ProgressPrinter
+    from ltsearch.run.stopping import FailFast, Interrupts, StudyStopper
 
     study_dir = Path(ctx.study_dir)
     # Ctrl-C is ours (Interrupts), not Tune's: Tune's handler ends fit() as if it finished
@@ -368,7 +226,7 @@ def _fit(
         tuner = tune.Tuner(
             tune.with_resources(make_trial_fn(ctx, execute), _resources(spec)),
             tune_config=tune.TuneConfig(
-                search_alg=_searcher(spec, storage, plan),
+                search_alg=make_searcher(spec, storage, plan),
                 num_samples=plan.to_run,
                 reuse_actors=True,
             ),
@@ -408,11 +266,4 @@ def resume_study(study_dir: str | Path, *, address: str | None = None) -> StudyO
     return run_study(spec.with_overrides(storage=root.parent), address=address, resume=True)
 
 
-__all__ = [
-    "StudyOutcome",
-    "StudyPlan",
-    "load_study_dir",
-    "plan_study",
-    "resume_study",
-    "run_study",
-]
+__all__ = ["StudyOutcome", "resume_study", "run_study"]

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ltsearch.spec import StudySpec
+from ltsearch.spec.study import StudySpec
 
 
 def _fmt_params(config: dict[str, Any]) -> str:
@@ -73,7 +73,7 @@ class ProgressPrinter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        if not result:  # stopped by the study before it reported (see ltsearch.stopping)
+        if not result:  # stopped by the study before it reported (see ltsearch.run.stopping)
             self._print(f"[stopped] {_fmt_params(trial.config)}: left to `ltsearch resume`")
             return
         self.done += 1

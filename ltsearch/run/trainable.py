@@ -9,7 +9,7 @@ it back instead). The trial then reports the mean over seeds of every metric to 
 A seed runs in-process when the study asks for one CPU worker (a ``TorchTrainer`` costs
 ~11.5 s of start-up, more than a cached decoupled trial); with several workers or GPUs it
 runs as a Ray Train ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU), see
-:mod:`ltsearch.distributed_trial`.
+:mod:`ltsearch.run.distributed`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,11 @@ from typing import Any
 
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
-from ltsearch.spec import StudySpec, config_hash, spec_from_dict
-from ltsearch.spec_paths import require_absolute
-from ltsearch.store import ResultStore, run_metadata
+from ltsearch.provenance import run_metadata
+from ltsearch.spec.hashing import config_hash
+from ltsearch.spec.paths import require_absolute
+from ltsearch.spec.study import StudySpec, spec_from_dict
+from ltsearch.store import ResultStore
 
 CACHE_DIRNAME = "_cache"
 
@@ -40,7 +42,7 @@ class StudyContext:
 
     spec: dict[str, Any]
     study_dir: str
-    data: dict[str, str]  # ltmodels.trial.DataConfig fields, resolved before Ray starts
+    data: dict[str, str]  # ltmodels.trial.config.DataConfig fields, resolved before Ray starts
 
     @property
     def cache_dir(self) -> str:
@@ -89,8 +91,8 @@ def resolve_data(spec: StudySpec) -> dict[str, str]:
 
 
 def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], seed: int):
-    """The ``ltmodels.trial.TrialConfig`` of one (configuration, seed)."""
-    from ltmodels.trial import DataConfig, StageConfig, TrialConfig
+    """The ``ltmodels.trial.config.TrialConfig`` of one (configuration, seed)."""
+    from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
 
     t = spec.training
     loss = {"loss": choice["loss"], "loss_params": dict(choice["loss_params"])}
@@ -220,10 +222,10 @@ def mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
 def execute_trial(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     """Run one seed here (one CPU worker) or as a Ray Train job (several workers/GPUs)."""
     if resources.workers == 1 and resources.gpus_per_worker == 0:
-        from ltmodels.trial import run_trial
+        from ltmodels.trial.run import run_trial
 
         return run_trial(cfg, workdir=workdir)
-    from ltsearch.distributed_trial import run_distributed
+    from ltsearch.run.distributed import run_distributed
 
     return run_distributed(cfg, workdir=workdir, resources=resources)
 

@@ -84,7 +84,7 @@ def require_absolute(spec: Any) -> None:
         raise AssertionError(
             "relative path(s) below the spec loader: "
             + ", ".join(relative)
-            + "; load studies with ltsearch.spec.load_spec (or StudySpec.resolved)"
+            + "; load studies with ltsearch.spec.study.load_spec (or StudySpec.resolved)"
         )
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from ltmodels.errors import ConfigError
 from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
-from ltsearch.spec_loss import LossSpec
-from ltsearch.spec_sections import METRIC_NAMES
+from ltsearch.spec.loss import LossSpec
+from ltsearch.spec.sections import METRIC_NAMES
 
 
 def param_key(loss: str, name: str) -> str:

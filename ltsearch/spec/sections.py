@@ -1,6 +1,6 @@
 """Sections of a study spec: dataset, model, search, resources, reference.
 
-``loss`` is in :mod:`ltsearch.spec_loss`, ``training`` in :mod:`ltsearch.spec_training`.
+``loss`` is in :mod:`ltsearch.spec.loss`, ``training`` in :mod:`ltsearch.spec.training`.
 
 Each is a pydantic model with unknown keys forbidden; cross-section checks (objectives vs
 masks, grid sampler vs loss spaces, initial points) live in :mod:`ltsearch.spec`.
@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import Field, StrictBool, field_validator, model_validator
 
 from ltsearch.errors import SpecError
-from ltsearch.spec_loss import Strict
+from ltsearch.spec.loss import Strict
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 METRICS = tuple(f"{kind}/{m}" for kind in ("bbox", "segm") for m in METRIC_NAMES)
@@ -51,7 +51,7 @@ class LvisData(Strict):
     """An LVIS-format dataset. Paths are not checked when a spec loads (a study is often
     written on a laptop for a cluster's paths): :meth:`check_paths` does, on request
     (``ltsearch validate --check-data``). Relative paths in a study file are relative to
-    the file's own directory (made absolute when it loads, :mod:`ltsearch.spec_paths`).
+    the file's own directory (made absolute when it loads, :mod:`ltsearch.spec.paths`).
     ``train_images``/``val_images`` default to ``images`` (COCO's layout: one root holding
     both splits' files)."""
 
@@ -84,7 +84,7 @@ DatasetSpec = Annotated[SyntheticData | LvisData, Field(discriminator="kind")]
 
 
 class ModelSection(Strict):
-    """Overrides of :class:`ltmodels.detector.ModelSpec` (``None`` keeps its default);
+    """Overrides of :class:`ltmodels.modeling.detector.ModelSpec` (``None`` keeps its default);
     :meth:`overrides` gives them as keyword arguments. ``min_size`` is one size or a list
     (multi-scale training; inference uses the last)."""
 

@@ -5,7 +5,7 @@ Sections (see ``studies/*.yaml`` for complete examples)::
     name: acsl-xi                     # slug: names the results directory <storage>/<name>
     description: ...                  # optional
     dataset: {kind: synthetic, classes: 40}           # or {kind: lvis, train, val, images}
-    model: {backbone: resnet50_fpn, masks: true}      # ltmodels.detector.ModelSpec overrides
+    model: {backbone: resnet50_fpn, masks: true}  # modeling.detector.ModelSpec overrides
     training: {schedule: end_to_end, epochs: 12, lr: 0.02, sampler: rfs}
     loss: {name: acsl, params: {xi: {uniform: [0.0, 1.0]}}}      # or {choice: [...]}
     search: {sampler: tpe, objectives: [bbox/APr:max, bbox/APf:max], trials: 20, seeds: [0, 1]}
@@ -22,8 +22,6 @@ file's syntax and values only; dataset paths are checked by :meth:`StudySpec.che
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -32,14 +30,13 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
-from ltsearch.spec_io import from_validation_error, parse_yaml
-from ltsearch.spec_loss import LossSpec, Strict
-from ltsearch.spec_paths import absolute, resolve_raw
-from ltsearch.spec_points import check_point, check_reference_row, param_key
-from ltsearch.spec_sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
-from ltsearch.spec_training import TrainingSpec
+from ltsearch.spec.io import from_validation_error, parse_yaml
+from ltsearch.spec.loss import LossSpec, Strict
+from ltsearch.spec.paths import absolute, resolve_raw
+from ltsearch.spec.points import check_point, check_reference_row, param_key
+from ltsearch.spec.sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
+from ltsearch.spec.training import TrainingSpec
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
 
@@ -192,7 +189,7 @@ class StudySpec(Strict):
         return spec_from_dict(self._smoked_raw())
 
     def resolved(self, spec_dir: str | Path, cwd: str | Path | None = None) -> StudySpec:
-        """A copy with every path absolute (:mod:`ltsearch.spec_paths`): storage relative to
+        """A copy with every path absolute (:mod:`ltsearch.spec.paths`): storage relative to
         ``cwd`` (default: the working directory), dataset and weight paths relative to
         ``spec_dir``. :func:`load_spec` does this for a study file."""
         return spec_from_dict(resolve_raw(self.to_dict(), spec_dir=spec_dir, cwd=cwd))
@@ -254,7 +251,7 @@ def spec_from_dict(data: Any, *, file: str | None = None) -> StudySpec:
 def load_spec(path: str | Path) -> StudySpec:
     """Read and validate a study YAML file, with every path in it made absolute: storage
     relative to the working directory, dataset and weight paths relative to the file's own
-    directory (:mod:`ltsearch.spec_paths`).
+    directory (:mod:`ltsearch.spec.paths`).
 
     Raises:
         SpecError: missing or unreadable file, YAML syntax error (with its line), a tag
@@ -276,74 +273,7 @@ def load_spec(path: str | Path) -> StudySpec:
     return spec_from_dict(raw, file=file)
 
 
-def split_params(params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """Flat params ``{"loss": "acsl", "acsl.xi": 0.7}`` -> ``("acsl", {"xi": 0.7})``.
-
-    Raises:
-        ValueError: no ``loss`` key, or a key of another loss (a bug in the caller).
-    """
-    if "loss" not in params:
-        raise ValueError(f"flat params need a 'loss' key, got {sorted(params)}")
-    loss = str(params["loss"])
-    out = {}
-    for key, value in params.items():
-        if key == "loss":
-            continue
-        prefix, dot, name = key.partition(".")
-        if prefix != loss or not dot:
-            raise ValueError(f"parameter {key!r} does not belong to loss {loss!r}")
-        out[name] = value
-    return loss, out
-
-
-def _digest(payload: Any) -> str:
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
-    """Stable 16-hex hash of one configuration: loss, parameters, training, model, dataset.
-
-    ``params`` are flat (``{"loss": "acsl", "acsl.xi": 0.7}``). The loss's fixed parameters
-    from the spec and its defaults fill in what ``params`` omits, and values are coerced
-    to their types, so ``xi: 1`` and ``xi: 1.0`` (and an omitted default) hash alike.
-    Seeds, search and resources are not part of it.
-    """
-    loss, given = split_params(params)
-    domains = DOMAINS[loss]
-    try:
-        fixed = spec.loss.option(loss).fixed()
-    except KeyError:
-        fixed = {}
-    merged = {**fixed, **given}
-    full = {k: p.default for k, p in domains.items()}
-    full.update({k: domains[k].check(loss, k, v) for k, v in merged.items()})
-    return _digest(
-        {
-            "loss": loss,
-            "loss_params": full,
-            "training": spec.training.effective(),
-            "model": spec.model.overrides(),
-            "dataset": spec.dataset.model_dump(mode="json"),
-        }
-    )
-
-
-def stage1_hash(spec: StudySpec) -> str | None:
-    """Hash of what stage 1 trains (stage 1, model, dataset); None for end_to_end."""
-    if spec.training.stage1 is None:
-        return None
-    return _digest(
-        {
-            "stage1": spec.training.stage1.model_dump(mode="json"),
-            "model": spec.model.overrides(),
-            "dataset": spec.dataset.model_dump(mode="json"),
-        }
-    )
-
-
 __all__ = [
-    "SMOKE_DATASET", "StudySpec", "check_reference_row", "config_hash", "load_spec", "param_key",
+    "SMOKE_DATASET", "StudySpec", "check_reference_row", "load_spec", "param_key",
     "spec_from_dict",
-    "split_params", "stage1_hash",
 ]  # fmt: skip

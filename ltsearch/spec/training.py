@@ -15,8 +15,8 @@ from pydantic import Field, StrictBool, model_validator
 from ltmodels.errors import ConfigError
 from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
-from ltsearch.spec_loss import Strict
-from ltsearch.spec_sections import PosFloat, PosInt
+from ltsearch.spec.loss import Strict
+from ltsearch.spec.sections import PosFloat, PosInt
 
 FinetunePart = Literal["box_predictor", "box_head", "rpn", "mask_head", "backbone"]
 FINETUNE_PARTS: tuple[str, ...] = get_args(FinetunePart)
@@ -50,7 +50,7 @@ class Optim(Strict):
         return self
 
     def optim(self) -> dict[str, Any]:
-        """These settings as ``ltmodels.trial.StageConfig`` keyword arguments."""
+        """These settings as ``ltmodels.trial.config.StageConfig`` keyword arguments."""
         return {k: getattr(self, k) for k in OPTIM_KEYS}
 
 

@@ -26,7 +26,7 @@ def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_run(fresh_copy: Path) -> SmokeRun:
-    from ltsearch.spec import load_spec
+    from ltsearch.spec.study import load_spec
 
     spec = load_spec(fresh_copy / SMOKE_STUDY).smoked()
     ran = run_cli("run", SMOKE_STUDY, "--smoke", cwd=fresh_copy)

@@ -61,10 +61,10 @@ def run(rank: int, world: int, train_json: str, root: str, out: str, loss_name: 
             "gloo", init_method=f"file://{out}/rendezvous", rank=rank, world_size=world
         )
     from ltmodels.data import LVISDetection
-    from ltmodels.detector import ModelSpec
-    from ltmodels.schedules import build_model
-    from ltmodels.stages import train_loader, train_stage
-    from ltmodels.trial import StageConfig
+    from ltmodels.modeling.detector import ModelSpec
+    from ltmodels.trial.config import StageConfig
+    from ltmodels.trial.schedules import build_model
+    from ltmodels.trial.stages import train_loader, train_stage
 
     data = LVISDetection(train_json, root, with_masks=False)  # no random flip
     spec = ModelSpec.tiny(min_size=SIZE, max_size=SIZE, masks=False, box_batch_size_per_image=64)

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.ops import batched_nms
 
-from ltmodels.cached_eval import _deltas
-from ltmodels.features import grouped_nms, sample_balanced
-from ltmodels.heads import LinearPredictor
+from ltmodels.cache.evaluate import _deltas, grouped_nms
+from ltmodels.modeling.heads import LinearPredictor
+from ltmodels.modeling.roi_sampling import sample_balanced
 
 
 def test_sample_balanced_follows_torchvision_rule():
@@ -65,8 +65,8 @@ def test_box_deltas_of_candidates(candidates):
 
 def test_box_deltas_of_an_empty_candidate_set() -> None:
     """A chunk whose candidates all fall under the score threshold decodes to no boxes."""
-    from ltmodels.cached_eval import _deltas
-    from ltmodels.heads import LinearPredictor
+    from ltmodels.cache.evaluate import _deltas
+    from ltmodels.modeling.heads import LinearPredictor
 
     predictor = LinearPredictor(8, 4, num_classes=3)
     empty = torch.zeros(0, dtype=torch.long)

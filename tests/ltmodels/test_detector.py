@@ -8,11 +8,11 @@ import pytest
 import torch
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
-from ltmodels.detector import ModelSpec, build_detector
 from ltmodels.errors import ConfigError
-from ltmodels.heads import CosinePredictor, LinearPredictor, build_predictor
 from ltmodels.losses import LOSSES, LongTailLoss, build_loss
-from ltmodels.roi_heads import mask_probs, matched_gt_index, select_detections
+from ltmodels.modeling.detector import ModelSpec, build_detector
+from ltmodels.modeling.heads import CosinePredictor, LinearPredictor, build_predictor
+from ltmodels.modeling.roi_heads import mask_probs, matched_gt_index, select_detections
 
 C = 3
 SIZE = 64

@@ -15,18 +15,16 @@ from torch.utils.data import DataLoader
 
 from ltmodels.data import LVISDetection, collate_fn
 from ltmodels.data.synthetic import SynthConfig, write_synthetic
-from ltmodels.detector import ModelSpec, build_detector
-from ltmodels.engine import (
+from ltmodels.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.engine.evaluate import evaluate, predict
+from ltmodels.engine.train import (
     NonFiniteLossError,
     WarmupMultiStepLR,
     build_optimizer,
-    evaluate,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
     train_one_epoch,
 )
 from ltmodels.losses import LOSSES, LongTailLoss, build_loss
+from ltmodels.modeling.detector import ModelSpec, build_detector
 
 C = 3
 SIZE = 64

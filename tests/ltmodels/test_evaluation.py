@@ -10,8 +10,8 @@ import pycocotools.mask as mask_utils
 import pytest
 
 from ltmodels.errors import ConfigError, DatasetError
-from ltmodels.evaluation import METRIC_NAMES, evaluate_lvis, load_lvis_gt
-from ltmodels.lvis_compat import lvis_api_evaluate, lvis_numpy_compat
+from ltmodels.evaluation.lvis_api import lvis_api_evaluate, lvis_numpy_compat
+from ltmodels.evaluation.metrics import METRIC_NAMES, evaluate_lvis, load_lvis_gt
 
 TOL = 1e-4
 # 15 categories, listed out of id order, ids not contiguous: 5 rare, 5 common, 5 frequent.

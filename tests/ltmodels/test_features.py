@@ -18,21 +18,17 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.ops import box_iou
 
-from ltmodels import engine
+from ltmodels.cache.build import build_feature_cache
+from ltmodels.cache.evaluate import evaluate_cached, predict_cached
+from ltmodels.cache.store import CacheError, FeatureCache
+from ltmodels.cache.train import train_predictor_cached
 from ltmodels.data.lvis import LVISDetection, collate_fn
 from ltmodels.data.transforms import ResizeShortestEdge
-from ltmodels.detector import ModelSpec, build_detector
+from ltmodels.engine import evaluate as engine_eval
 from ltmodels.errors import ConfigError
-from ltmodels.features import (
-    CacheError,
-    FeatureCache,
-    build_feature_cache,
-    evaluate_cached,
-    predict_cached,
-    train_predictor_cached,
-)
-from ltmodels.heads import CosinePredictor, LinearPredictor
 from ltmodels.losses import build_loss
+from ltmodels.modeling.detector import ModelSpec, build_detector
+from ltmodels.modeling.heads import CosinePredictor, LinearPredictor
 from tests.ltmodels.data.lvis_fixtures import make_lvis
 
 TRAIN_IMAGES = 12
@@ -82,7 +78,7 @@ def _reference(model, val, predictor=None, loss=None):
     heads.cls_loss = loss or saved[1]
     try:
         loader = DataLoader(val, batch_size=1, collate_fn=collate_fn)
-        return engine.predict(
+        return engine_eval.predict(
             model, loader, device="cpu", label_to_cat_id=val.label_to_cat_id, masks=False
         )
     finally:
@@ -144,7 +140,7 @@ def test_truncated_or_stale_cache_is_rebuilt(model, data, tmp_path, caplog):
     with pytest.raises(CacheError, match="features.bin"):
         FeatureCache.open(tmp_path / "k")
     before = len(model.calls)
-    with caplog.at_level(logging.WARNING, logger="ltmodels.feature_build"):
+    with caplog.at_level(logging.WARNING, logger="ltmodels.cache.build"):
         rebuilt = build_feature_cache(model, train, val, tmp_path, key="k")
     assert len(model.calls) > before and "unusable" in caplog.text
     assert rebuilt.manifest["num_train_rois"] == rows
@@ -185,7 +181,7 @@ def test_budget_keeps_presampled_views(model, data, tmp_path, caplog):
     # bytes), 4 train images x 64 index bytes, and room for exactly 3 views per train image
     # of 64 RoIs x (features + label, gt index, target, box) + 16 index bytes.
     budget = 2 * (300 * (2 * 128 + 16) + 64) + 4 * 64 + 3 * 4 * (64 * (2 * 128 + 40) + 16)
-    with caplog.at_level(logging.INFO, logger="ltmodels.feature_build"):
+    with caplog.at_level(logging.INFO, logger="ltmodels.cache.build"):
         cache = build_feature_cache(
             model, train, val, tmp_path, key="b", max_bytes=budget, view_rois=64
         )
@@ -201,7 +197,7 @@ def test_budget_keeps_presampled_views(model, data, tmp_path, caplog):
     # a budget that fits the planning bound of all proposals (300 per view) but not the
     # ground-truth boxes appended to them: the build notices and falls back to views
     bound = 4 * (2 * 300 * (2 * 128 + 40) + 64) + 2 * (300 * (2 * 128 + 16) + 64)
-    with caplog.at_level(logging.INFO, logger="ltmodels.feature_build"):
+    with caplog.at_level(logging.INFO, logger="ltmodels.cache.build"):
         cache = build_feature_cache(model, train, val, tmp_path, key="edge", max_bytes=bound)
     assert cache.manifest["mode"] == "sampled_views"
     assert cache.manifest["total_bytes"] <= bound
@@ -348,7 +344,7 @@ def test_evaluate_cached_equals_engine_metrics(model, data, cache32, synth_small
         topk_candidates=None,
     )
     loader = DataLoader(val, batch_size=1, collate_fn=collate_fn)
-    ref = engine.evaluate(
+    ref = engine_eval.evaluate(
         model,
         loader,
         synth_small.val_json,

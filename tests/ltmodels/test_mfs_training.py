@@ -1,4 +1,5 @@
-"""LOCE's MFS in training: the RoI head (ltmodels/roi_mfs.py) and the cached stage-2 trainer.
+"""LOCE's MFS in training: the RoI head (ltmodels/modeling/roi_mfs.py) and the cache's
+stage-2 trainer (ltmodels/cache/train.py).
 
 A spy (a forward hook with keyword arguments) records what the loss receives; the sampled
 memory rows are recorded by wrapping the loss's ``FeatureSampling.sample``.
@@ -18,13 +19,13 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import generalized_box_iou_loss
 
-from ltmodels.cached_stage2 import train_predictor_cached
-from ltmodels.detector import ModelSpec, build_detector
-from ltmodels.heads import LinearPredictor
+from ltmodels.cache.train import train_predictor_cached
 from ltmodels.losses import LongTailLoss, build_loss
 from ltmodels.losses.feature_sampling import memory_of
 from ltmodels.losses.mfs import NUM_DENSE_BOXES, MemorySample, memory_gt_index
-from ltmodels.roi_mfs import memory_box_loss
+from ltmodels.modeling.detector import ModelSpec, build_detector
+from ltmodels.modeling.heads import LinearPredictor
+from ltmodels.modeling.roi_mfs import memory_box_loss
 
 C, SIZE, ALPHA = 3, 64, 0.9
 MFS = {"mfs": True, "mfs_size": 40, "mfs_k": 4, "mfs_m": 3}

@@ -16,19 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from ltmodels import schedules
-from ltmodels.checkpoint import load_checkpoint
 from ltmodels.data.synthetic import SynthConfig, SynthPaths, ensure_synthetic
-from ltmodels.evaluation import evaluate_lvis
-from ltmodels.trial import (
+from ltmodels.engine.checkpoint import load_checkpoint
+from ltmodels.evaluation.metrics import evaluate_lvis
+from ltmodels.trial import schedules
+from ltmodels.trial.config import (
     DataConfig,
     StageConfig,
     TrialConfig,
     TrialResult,
-    run_trial,
     trial_config_from_dict,
     trial_config_to_dict,
 )
+from ltmodels.trial.run import run_trial
 
 HERE = Path(__file__).resolve().parent
 # 8 classes, 32 training images of 64 px: an epoch of the tiny model is ~1-2 s on one core.
@@ -179,7 +179,7 @@ def test_decoupled_cached_trial_learns_and_reuses_stage1_and_cache(
     assert len(manifests) == 1
     mtimes = [p.stat().st_mtime_ns for p in (stage1, *manifests)]
 
-    import ltmodels.feature_build as feature_build
+    import ltmodels.cache.build as feature_build
 
     calls: list[str] = []
 
@@ -342,7 +342,7 @@ def test_ddp_worker_rng_states_are_kept_per_rank(
 ) -> None:
     """Rank 0's RNG state is in the checkpoint; other ranks keep theirs next to it, and a
     resumed worker restores its own (a stale one, of another epoch, is not used)."""
-    from ltmodels import stages
+    from ltmodels.trial import stages
 
     ckpt = tmp_path / "checkpoint.pt"
     monkeypatch.setattr(stages.dist_utils, "rank", lambda: 0)

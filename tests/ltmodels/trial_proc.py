@@ -21,8 +21,9 @@ def main() -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     # the cache reports reuse at debug level (one line per trial would flood a study)
-    logging.getLogger("ltmodels.feature_build").setLevel(logging.DEBUG)
-    from ltmodels.trial import run_trial, trial_config_from_dict
+    logging.getLogger("ltmodels.cache.build").setLevel(logging.DEBUG)
+    from ltmodels.trial.config import trial_config_from_dict
+    from ltmodels.trial.run import run_trial
 
     cfg = trial_config_from_dict(json.loads(Path(config).read_text()))
     res = run_trial(cfg, workdir=workdir)

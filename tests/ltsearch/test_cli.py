@@ -2,7 +2,7 @@
 
 Every malformed study goes through ``validate`` and ``run``: exit code 2, exactly one line
 on stderr naming the file and the key path, no traceback, Ray never started
-(``ltsearch.cluster.connect`` fails the test if called) and nothing written (the storage
+(``ltsearch.run.cluster.connect`` fails the test if called) and nothing written (the storage
 root, which already holds another study's directory, stays byte-identical).
 """
 
@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from ltsearch import runner
 from ltsearch.cli import main
-from ltsearch.spec import load_spec
+from ltsearch.run import driver as runner
+from ltsearch.spec.study import load_spec
+from ltsearch.study_dir import JOURNAL_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "studies" / "quickstart.yaml"
@@ -112,7 +113,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     def connect(*args: Any, **kwargs: Any) -> str:
         raise AssertionError("Ray was started for a study that should have been rejected")
 
-    monkeypatch.setattr("ltsearch.cluster.connect", connect)
+    monkeypatch.setattr("ltsearch.run.cluster.connect", connect)
     yield
     if "ray" in sys.modules:
         assert not sys.modules["ray"].is_initialized()
@@ -138,7 +139,7 @@ def storage(tmp_path: Path) -> Path:
     runner._write_spec(spec, study_dir)
     (study_dir / "trials").mkdir()
     (study_dir / "trials" / "part-0123-s0.parquet").write_bytes(b"not really parquet")
-    (study_dir / runner.JOURNAL_FILE).write_text('{"op_code": 0}\n')
+    (study_dir / JOURNAL_FILE).write_text('{"op_code": 0}\n')
     return root
 
 

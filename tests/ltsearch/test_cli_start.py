@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltsearch.spec import spec_from_dict
+from ltsearch.spec.study import spec_from_dict
 from ltsearch.store import ResultStore
 
 REPO = Path(__file__).resolve().parents[2]

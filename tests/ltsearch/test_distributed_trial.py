@@ -9,8 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from ltmodels.data.synthetic import SynthConfig, ensure_synthetic
-from ltmodels.trial import DataConfig, StageConfig, TrialConfig
-from ltsearch.distributed_trial import CHECKPOINT_FILE, RESULT_FILE, STORAGE_NAME
+from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
+from ltsearch.run.distributed import CHECKPOINT_FILE, RESULT_FILE, STORAGE_NAME
 
 MODEL = {"backbone": "tiny", "min_size": 64, "max_size": 64, "masks": False}
 
@@ -27,7 +27,7 @@ def ray_local():
 def test_run_distributed_two_cpu_workers(ray_local, tmp_path: Path) -> None:
     """A decoupled trial: stage 1 trained by both workers (rank 0 holds the stage-1 lock and
     tells the other to train), then stage 2 reported per epoch with its checkpoint."""
-    from ltsearch.distributed_trial import run_distributed
+    from ltsearch.run.distributed import run_distributed
 
     synth = ensure_synthetic(
         tmp_path / "data", SynthConfig(num_classes=6, train_images=16, val_images=8, image_size=64)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ltsearch.pareto import (
+from ltsearch.report.pareto import (
     bootstrap_ci,
     hypervolume,
     nondominated_mask,

@@ -27,12 +27,13 @@ import yaml
 
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
-from ltsearch.pareto import pareto_rank
-from ltsearch.report import write_report
-from ltsearch.report_plots import plot_sweeps, staircase, sweep_panels
-from ltsearch.report_tables import prepare_runs, rank_configs, signed, summarize
-from ltsearch.spec import StudySpec, config_hash, spec_from_dict
-from ltsearch.spec_sections import Objective
+from ltsearch.report.document import write_report
+from ltsearch.report.pareto import pareto_rank
+from ltsearch.report.plots import plot_sweeps, staircase, sweep_panels
+from ltsearch.report.tables import prepare_runs, rank_configs, signed, summarize
+from ltsearch.spec.hashing import config_hash
+from ltsearch.spec.sections import Objective
+from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.status import status_text
 from ltsearch.store import ResultStore
 

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from ltsearch.cli import main
-from ltsearch.runner import JOURNAL_FILE
 from ltsearch.store import ResultStore
+from ltsearch.study_dir import JOURNAL_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 METRICS = ("bbox/AP", "bbox/AP50", "bbox/APr", "bbox/APc", "bbox/APf")
@@ -282,15 +282,15 @@ def killed_journal(tmp_path: Path) -> tuple[Any, Any, Path]:
     (RUNNING), 0.5 still enqueued (WAITING), plus a cut-off last line and a stale lock."""
     import optuna
 
-    from ltsearch.runner import _journal_storage
-    from ltsearch.spec import spec_from_dict
+    from ltsearch.run.search import journal_storage
+    from ltsearch.spec.study import spec_from_dict
 
     spec = spec_from_dict(yaml.safe_load(PLAN_STUDY)).with_overrides(storage=tmp_path)
     study_dir = spec.study_dir
     study_dir.mkdir(parents=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=spec.name, storage=_journal_storage(study_dir),
+        study_name=spec.name, storage=journal_storage(study_dir),
         directions=["maximize", "maximize"],
     )  # fmt: skip
     for xi in (0.7, 0.3, 0.5):
@@ -308,22 +308,22 @@ def killed_journal(tmp_path: Path) -> tuple[Any, Any, Path]:
 
 
 def test_a_resumed_study_plans_from_the_journal(tmp_path: Path) -> None:
-    from ltsearch.runner import _journal_storage, _repair_journal, plan_study
+    from ltsearch.run.search import journal_storage, plan_study, repair_journal
 
     spec, _, study_dir = killed_journal(tmp_path)
-    _repair_journal(study_dir)
+    repair_journal(study_dir)
     assert (study_dir / JOURNAL_FILE).read_bytes().endswith(b"\n")
     assert not (study_dir / (JOURNAL_FILE + ".lock")).is_symlink()
-    storage = _journal_storage(study_dir)
+    storage = journal_storage(study_dir)
     plan = plan_study(spec, storage)
     assert (plan.finished, plan.failed, plan.trials_in_journal) == (1, 0, 3)
     assert len(plan.adopt) == 1  # the 0.3 trial in flight
     assert plan.points == []  # every starting point is in the journal already
     assert plan.to_run == 4  # the adopted trial, the waiting 0.5 and two new ones
 
-    from ltsearch.runner import _searcher
+    from ltsearch.run.search import make_searcher
 
-    searcher = _searcher(spec, storage, plan).searcher
+    searcher = make_searcher(spec, storage, plan).searcher
     assert searcher.suggest("a") == {"loss": "acsl", "acsl.xi": 0.3}  # adopted, not re-asked
     assert searcher.suggest("b") == {"loss": "acsl", "acsl.xi": 0.5}  # the waiting point
     new = searcher.suggest("c")
@@ -340,10 +340,10 @@ def test_a_resumed_study_plans_from_the_journal(tmp_path: Path) -> None:
 
 
 def test_a_fresh_study_enqueues_its_starting_points_once(tmp_path: Path) -> None:
-    from ltsearch.runner import _journal_storage, plan_study
-    from ltsearch.spec import spec_from_dict
+    from ltsearch.run.search import journal_storage, plan_study
+    from ltsearch.spec.study import spec_from_dict
 
     spec = spec_from_dict(yaml.safe_load(PLAN_STUDY)).with_overrides(storage=tmp_path)
-    plan = plan_study(spec, _journal_storage(tmp_path))
+    plan = plan_study(spec, journal_storage(tmp_path))
     assert (plan.finished, plan.adopt, plan.to_run) == (0, [], 5)
     assert [p["acsl.xi"] for p in plan.points] == [0.7, 0.3, 0.5]

@@ -17,7 +17,8 @@ from ltsearch.space import (
     points_to_evaluate,
     suggest,
 )
-from ltsearch.spec import StudySpec, config_hash, spec_from_dict
+from ltsearch.spec.hashing import config_hash
+from ltsearch.spec.study import StudySpec, spec_from_dict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

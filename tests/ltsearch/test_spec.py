@@ -11,16 +11,10 @@ import pytest
 import yaml
 
 from ltsearch.errors import SpecError
-from ltsearch.spec import (
-    SMOKE_DATASET,
-    StudySpec,
-    config_hash,
-    load_spec,
-    spec_from_dict,
-    stage1_hash,
-)
-from ltsearch.spec_sections import ModelSection
-from ltsearch.spec_training import FINETUNE_PARTS, OPTIM_KEYS
+from ltsearch.spec.hashing import config_hash, stage1_hash
+from ltsearch.spec.sections import ModelSection
+from ltsearch.spec.study import SMOKE_DATASET, StudySpec, load_spec, spec_from_dict
+from ltsearch.spec.training import FINETUNE_PARTS, OPTIM_KEYS
 
 BASE: dict[str, Any] = {
     "name": "acsl-xi",
@@ -326,7 +320,7 @@ def test_stage1_hash_ignores_stage2() -> None:
 
 
 def test_model_section_mirrors_model_spec() -> None:
-    detector = pytest.importorskip("ltmodels.detector")
+    detector = pytest.importorskip("ltmodels.modeling.detector")
     fields = {f.name for f in dataclasses.fields(detector.ModelSpec)}
     assert set(ModelSection.model_fields) <= fields
     section = ModelSection.model_validate({"backbone": "tiny", "min_size": [96, 128]})
@@ -335,7 +329,7 @@ def test_model_section_mirrors_model_spec() -> None:
 
 
 def test_training_keys_mirror_stage_config() -> None:
-    trial = pytest.importorskip("ltmodels.trial")
+    trial = pytest.importorskip("ltmodels.trial.config")
     fields = {f.name for f in dataclasses.fields(trial.StageConfig)}
     assert set(OPTIM_KEYS) <= fields
     assert set(trial.FINETUNE_PARTS) == set(FINETUNE_PARTS)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ltsearch.spec import load_spec, spec_from_dict
-from ltsearch.spec_paths import require_absolute, resolve_raw
+from ltsearch.spec.paths import require_absolute, resolve_raw
+from ltsearch.spec.study import load_spec, spec_from_dict
 
 LVIS = {"kind": "lvis", "train": "d/train.json", "val": "d/val.json", "images": "d/img"}
 

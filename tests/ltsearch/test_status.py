@@ -19,7 +19,7 @@ import yaml
 
 from ltsearch import journal
 from ltsearch.cli import main
-from ltsearch.spec import spec_from_dict
+from ltsearch.spec.study import spec_from_dict
 from ltsearch.status import StudyProgress, status_text, study_progress
 from ltsearch.store import ResultStore
 

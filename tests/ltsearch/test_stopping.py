@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from ltsearch.stopping import FailFast, Interrupts, StudyStopper, error_signature
+from ltsearch.run.stopping import FailFast, Interrupts, StudyStopper, error_signature
 
 
 def test_signature_masks_paths_numbers_and_hashes() -> None:

@@ -13,7 +13,8 @@ import pytest
 
 import ltsearch.store as store_mod
 from ltsearch.errors import StoreError
-from ltsearch.store import ResultStore, run_metadata
+from ltsearch.provenance import run_metadata
+from ltsearch.store import ResultStore
 
 
 def row(trial: str, seed: int, status: str = "ok", **extra: Any) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ltsearch.trainable import mean_metrics
+from ltsearch.run.trainable import mean_metrics
 
 
 def test_mean_over_seeds_skips_undefined_lvis_values() -> None:
