@@ -7,6 +7,8 @@ import Ray (see ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 from ltsearch.errors import SpecError
@@ -35,4 +37,30 @@ def load_study_dir(study_dir: str | Path) -> StudySpec:
     return load_spec(path)
 
 
-__all__ = ["JOURNAL_FILE", "SPEC_FILE", "load_study_dir"]
+def check_storage(storage: str | Path) -> None:
+    """Raise a :class:`SpecError` on ``storage`` unless results can be written there:
+    creates the folder if needed (what the run would do next) and writes and removes one
+    probe file in it, so a file in the way, a read-only or virtual filesystem and a
+    missing permission are all found before anything else is written or Ray starts."""
+    path = Path(storage)
+    blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise SpecError(
+            f"{str(blocker)!r} is a file, not a directory; choose a folder for the results "
+            "(or --storage DIR)",
+            path=["storage"],
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".ltsearch-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise SpecError(
+            f"cannot write results in {str(path)!r} ({exc.strerror or exc}); choose a "
+            "writable folder (or --storage DIR)",
+            path=["storage"],
+        ) from None
+
+
+__all__ = ["JOURNAL_FILE", "SPEC_FILE", "check_storage", "load_study_dir"]

@@ -54,7 +54,7 @@ from ltsearch.run.search import (
 from ltsearch.run.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec
-from ltsearch.study_dir import SPEC_FILE, load_study_dir
+from ltsearch.study_dir import SPEC_FILE, check_storage, load_study_dir
 
 TUNE_DIR = "tune"
 LOCK_FILE = ".driver.lock"
@@ -157,6 +157,7 @@ def run_study(
     """
     require_absolute(spec)
     study_dir = spec.study_dir
+    check_storage(spec.storage)
     if not resume:
         _check_spec_dir(spec, study_dir)
     data = resolve_data(spec)

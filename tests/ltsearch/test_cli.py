@@ -284,3 +284,22 @@ def test_validate_prints_the_ok_line(
     assert "study 'quickstart-smoke', 2 configuration(s) x 1 seed(s)" in out
     assert out.rstrip().endswith(str(Path("runs") / "quickstart-smoke"))
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("where", ["a-file", "under-a-file", "virtual-fs"])
+def test_storage_that_cannot_hold_results_is_one_line_before_ray(
+    where: str, tmp_path: Path, no_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep me\n")
+    target = {
+        "a-file": blocker,
+        "under-a-file": blocker / "results",
+        "virtual-fs": Path("/proc/ltsearch-results"),  # mkdir fails there, root or not
+    }[where]
+    path = write(tmp_path, VALID)
+    rc, out, err = run_cli(capsys, "run", str(path), "--storage", str(target), "--no-report")
+    why = "cannot write results" if where == "virtual-fs" else "is a file, not a directory"
+    assert_one_line_error(rc, err, str(path), "storage: ", why, "--storage DIR")
+    assert out == "" and blocker.read_text() == "keep me\n"
+    assert not [p for p in tmp_path.rglob(".ltsearch-probe-*")]
