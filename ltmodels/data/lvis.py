@@ -126,7 +126,9 @@ class LVISDetection(Dataset):
 
         Args:
             files: every image file exists (one ``stat`` per image).
-            sizes: every image's pixel size matches the JSON (reads each file's header).
+            sizes: every image file is an image (its header reads) of the pixel size the
+                JSON gives; a file whose body is damaged past the header is found only
+                when training decodes it (a failed row naming the file).
 
         Raises:
             DatasetError: naming the first bad image and how many are bad.
@@ -144,7 +146,15 @@ class LVISDetection(Dataset):
             raise DatasetError(f"{missing[0]}{more}")
         if sizes:
             for i in range(len(self)):
-                self._check_size(i, _header_size(self.image_path(i)))
+                path = self.image_path(i)
+                try:
+                    size = _header_size(path)
+                except (OSError, SyntaxError) as err:  # PIL: not an image / bad header
+                    raise DatasetError(
+                        f"{self.source}: image id {self.image_ids[i]}: cannot read {path} as "
+                        f"an image ({err}); replace the file"
+                    ) from None
+                self._check_size(i, size)
 
     def _candidates(self, info: dict[str, Any]) -> list[Path]:
         root = self.image_root
@@ -213,6 +223,24 @@ class LVISDetection(Dataset):
         return counts
 
 
+def check_same_categories(train: LVISDetection, val: LVISDetection) -> None:
+    """Raise :class:`DatasetError` unless both splits list the same category ids: labels
+    are numbered from the training file's categories, so a validation file of another
+    release (or another class subset) would be scored against the wrong classes."""
+    if train.cat_ids == val.cat_ids:
+        return
+    only_train = sorted(set(train.cat_ids) - set(val.cat_ids))
+    only_val = sorted(set(val.cat_ids) - set(train.cat_ids))
+    example = (
+        f"id {only_train[0]} only in train" if only_train else f"id {only_val[0]} only in val"
+    )
+    raise DatasetError(
+        f"{val.source}: its {val.num_classes} categories differ from the {train.num_classes} "
+        f"of {train.source} ({len(only_train)} only in train, {len(only_val)} only in val, "
+        f"e.g. {example}); use the train and val files of one LVIS release"
+    )
+
+
 def collate_fn(
     batch: Sequence[tuple[torch.Tensor, Target]],
 ) -> tuple[list[torch.Tensor], list[Target]]:
@@ -258,4 +286,4 @@ def _header_size(path: Path) -> tuple[int, int]:
         return img.size
 
 
-__all__ = ["LVISDetection", "collate_fn"]
+__all__ = ["LVISDetection", "check_same_categories", "collate_fn"]

@@ -24,6 +24,7 @@ from ltmodels.data import (
     ShardedRandomSampler,
     collate_fn,
 )
+from ltmodels.data.lvis import check_same_categories
 from ltmodels.engine import distributed as dist_utils
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -42,6 +43,7 @@ def datasets(data: DataConfig, *, masks: bool) -> tuple[LVISDetection, LVISDetec
         data.train_json, data.train_root, transforms=RandomHorizontalFlip(0.5), with_masks=masks
     )
     val = LVISDetection(data.val_json, data.val_root, with_masks=False)
+    check_same_categories(train, val)
     return train, val
 
 

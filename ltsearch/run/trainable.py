@@ -81,7 +81,7 @@ def resolve_data(spec: StudySpec) -> dict[str, str]:
             "train_root": root,
             "val_root": root,
         }
-    spec.check_data()
+    ds.check_paths()  # the deep check reads every image header: on request (--check-data)
     return {
         "train_json": ds.train,
         "val_json": ds.val,

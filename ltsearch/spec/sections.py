@@ -79,6 +79,19 @@ class LvisData(Strict):
                     path=["dataset", key],
                 )
 
+    def check_contents(self, *, masks: bool = True) -> None:
+        """``validate --check-data`` after :meth:`check_paths`: both annotation files load
+        as LVIS (schema, ids, boxes), list the same categories, and every image they name
+        exists with the size the JSON gives (reads each image's header: a minute or two
+        for real LVIS). Raises :class:`~ltmodels.errors.DatasetError` naming the file."""
+        from ltmodels.data.lvis import LVISDetection, check_same_categories
+
+        train = LVISDetection(self.train, self.train_images or self.images, with_masks=masks)
+        val = LVISDetection(self.val, self.val_images or self.images, with_masks=False)
+        check_same_categories(train, val)
+        train.check(files=True, sizes=True)
+        val.check(files=True, sizes=True)
+
 
 DatasetSpec = Annotated[SyntheticData | LvisData, Field(discriminator="kind")]
 

@@ -155,8 +155,11 @@ class StudySpec(Strict):
         return Path(self.storage).expanduser() / self.name
 
     def check_data(self) -> None:
-        """Check that the dataset's files exist (``validate --check-data``)."""
+        """``validate --check-data``: the dataset's paths exist and, for an LVIS-format
+        dataset, its files load, agree on categories and name images that exist."""
         self.dataset.check_paths()
+        if self.dataset.kind == "lvis":
+            self.dataset.check_contents(masks=self.model.masks is not False)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as plain data, keys as written in YAML; ``spec_from_dict`` round-trips it."""

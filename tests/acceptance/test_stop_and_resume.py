@@ -1,7 +1,8 @@
 """Stopping a study the ways users do, through the CLI: SIGTERM (what a scheduler or
 ``kill`` sends) mid-run exits 130 and ``ltsearch resume`` finishes the study with every
 (configuration, seed) once; a study whose data is broken stops after the first
-``search.max_failures`` trials with one message naming the error, and exits 1.
+``search.max_failures`` trials with one message naming the error, and exits 1 (with
+``--check-data`` it is one line and exit 2 before anything starts).
 """
 
 from __future__ import annotations
@@ -82,7 +83,12 @@ def test_a_systematic_error_stops_the_study_with_one_message(project: Path) -> N
         STUDY.replace(f"name: {NAME}", "name: broken").replace("data/", "../data/")
         .replace("images: data", "images: empty")
     )  # fmt: skip
-    ran = run_cli("run", "study.yaml", cwd=broken)
+    checked = run_cli("run", "study.yaml", "--check-data", cwd=broken)  # reads the data first
+    assert checked.rc == 2 and "file not found" in checked.err, checked.describe()
+    assert len(checked.err.strip().splitlines()) == 1, checked.describe()
+    assert not (broken / "results").exists(), "run --check-data wrote before it checked"
+
+    ran = run_cli("run", "study.yaml", cwd=broken)  # without: each trial meets the error
     assert ran.rc == 1, ran.describe()
     assert "stopped: the first 2 trials failed with the same error" in ran.out, ran.describe()
     assert ran.out.count("trial log: ") == 1, ran.describe()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ltmodels.errors import DatasetError
 from ltsearch.errors import SpecError
 from ltsearch.spec.hashing import config_hash, stage1_hash
 from ltsearch.spec.sections import ModelSection
@@ -284,7 +285,8 @@ def test_check_data_only_on_request(tmp_path: Path) -> None:
         spec.check_data()
     (tmp_path / "t.json").write_text("{}")
     (tmp_path / "v.json").write_text("{}")
-    spec.check_data()
+    with pytest.raises(DatasetError, match=r"t\.json: .*'images', 'annotations' and 'categ"):
+        spec.check_data()  # --check-data also reads the files (tests/ltsearch/test_check_data)
     spec_from_dict(BASE).check_data()  # synthetic: nothing to check
 
 
