@@ -15,6 +15,7 @@ BatchNorm or GroupNorm is needed (frozen BN of an untrained network is the ident
 from __future__ import annotations
 
 import dataclasses
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -187,7 +188,16 @@ def _resnet_fpn(spec: ModelSpec) -> BackboneWithFPN:
         path = Path(spec.backbone_weights)
         if not path.is_file():
             raise ConfigError(f"model.backbone_weights: no file {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:  # weights_only: a file that holds code (a pickled object) is refused, not run
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(
+                f"model.backbone_weights: {path} is not a plain tensor state_dict ({first}); "
+                "save the weights with torch.save(model.state_dict(), path)"
+            ) from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"model.backbone_weights: {path} holds no state_dict")
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
         body.load_state_dict(state, strict=False)
     train = ["layer4", "layer3", "layer2", "layer1", "conv1"][: spec.trainable_backbone_layers]
