@@ -87,7 +87,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 def _finish(outcome: Any, *, report: bool) -> int:
     """Print where the results are and a last line a script can trust; the exit code
     (module docstring) follows what the study did, not only whether it ran."""
-    from ltsearch.store import ResultStore
+    from ltsearch.status import study_progress
 
     d = outcome.study_dir
     if outcome.stopped == "interrupted":
@@ -97,9 +97,6 @@ def _finish(outcome: Any, *, report: bool) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    df = ResultStore(d).load_trials()
-    rows_failed = int((df["status"] != "ok").sum()) if not df.empty else 0
-    rows = len(df)
     print(f"study ran for {outcome.wall_s:.0f} s\n  parquet: {d / 'trials'}")
     if report:
         from ltsearch.report.document import write_report
@@ -111,26 +108,16 @@ def _finish(outcome: Any, *, report: bool) -> int:
             print(f"  pareto plot: {plots[0]}")
     if outcome.stopped == "systematic":
         print(outcome.message)
-    runs = f"runs (configuration x seed): {rows - rows_failed} ok, {rows_failed} failed"
-    line = f"{d.name}: {_progress_line(d, outcome)}; {runs}"
-    if not rows:
+    progress = study_progress(d)
+    line = f"{d.name}: {progress.line()}; {progress.runs_line()}"
+    if not progress.rows_ok + progress.rows_failed:
         print(f"{line}; no (configuration, seed) run finished: see {d / 'tune'}")
         return EXIT_FAILED
-    if rows_failed or outcome.stopped:
+    if progress.rows_failed or outcome.stopped:
         print(f"{line}: errors in `ltsearch status {d}` (column `error` of {d / 'trials'})")
         return EXIT_FAILED
     print(line)
     return EXIT_OK
-
-
-def _progress_line(study_dir: Path, outcome: Any) -> str:
-    try:
-        from ltsearch.status import study_progress
-    except ImportError:  # pragma: no cover - status module not present
-        done = outcome.finished + outcome.failed
-        state = "study complete" if done >= outcome.total else "not complete"
-        return f"{done}/{outcome.total} trials, {state}"
-    return study_progress(study_dir).line()
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

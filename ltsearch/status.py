@@ -65,6 +65,10 @@ class StudyProgress:
         """Every trial of the budget finished and none running."""
         return self.trials_finished >= self.trials_total and not self.trials_running
 
+    def runs_line(self) -> str:
+        """``runs (configuration x seed): 46 ok, 0 failed``: the parquet rows by status."""
+        return f"runs (configuration x seed): {self.rows_ok} ok, {self.rows_failed} failed"
+
     def line(self) -> str:
         """One line: ``24/24 trials, study complete; 1 repeated configuration read back``
         or ``17/24 trials, 2 running, 1 failed; not complete: `ltsearch resume DIR`
@@ -208,9 +212,7 @@ def status_text(study_dir: str | Path) -> str:
         f"  configurations: {progress.configs_ok} with an ok run, {every} of them with every "
         f"seed ({started} started)"
     )
-    lines.append(
-        f"  runs (configuration x seed): {progress.rows_ok} ok, {progress.rows_failed} failed"
-    )
+    lines.append(f"  {progress.runs_line()}")
     lines += _failure_lines([r for r in rows if r.get("status") != "ok"])
     lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
     lines += _best_lines(ok, spec.search.parsed_objectives)

@@ -240,7 +240,7 @@ def _fit(
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             ),
         )
-        with Interrupts(stopper, study_dir):  # after connect: ray.init sets its own SIGTERM
+        with Interrupts(stopper):  # after connect: ray.init sets its own SIGTERM
             tuner.fit()
     finally:
         cluster.shutdown()

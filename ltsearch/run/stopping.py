@@ -33,11 +33,14 @@ _HEX = re.compile(r"\b[0-9a-f]{8,}\b")
 _NUM = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
 
 
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
+
+
 def error_signature(text: str) -> str:
     """The first line of an error (``Type: message``) with paths, hashes and numbers
     masked: two trials that failed for the same reason have the same signature."""
-    first = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
-    first = _PATH.sub("<path>", first)
+    first = _PATH.sub("<path>", _first_line(text))
     first = _HEX.sub("<hash>", first)
     return _NUM.sub("<n>", first)
 
@@ -67,10 +70,6 @@ class StudyStopper(Stopper):
 
     def stop_all(self) -> bool:
         return self.request_ is not None
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
 
 
 class FailFast(Callback):
@@ -132,9 +131,8 @@ class Interrupts:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, stopper: StudyStopper, study_dir: Path) -> None:
+    def __init__(self, stopper: StudyStopper) -> None:
         self.stopper = stopper
-        self.study_dir = study_dir
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> Interrupts:

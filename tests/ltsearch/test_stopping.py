@@ -75,11 +75,11 @@ def test_the_first_reason_to_stop_wins() -> None:
 
 
 def test_first_signal_asks_to_stop_the_second_interrupts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     stopper = StudyStopper()
     before = signal.getsignal(signal.SIGTERM)
-    with Interrupts(stopper, tmp_path):
+    with Interrupts(stopper):
         os.kill(os.getpid(), signal.SIGTERM)
         assert stopper.reason == "interrupted"
         assert "SIGTERM received" in capsys.readouterr().err
