@@ -102,6 +102,9 @@ class LVISIndex:
                     f"image id {iid} has neither 'file_name' (v0.5) nor 'coco_url' (v1)",
                     "add one so its file can be found",
                 )
+            for key in ("file_name", "coco_url"):
+                if img.get(key) is not None and not isinstance(img[key], str):
+                    self._fail(f"image id {iid} has {key} {img[key]!r:.60}", "it is a string")
             pos[iid] = i
         return pos
 
@@ -128,11 +131,7 @@ class LVISIndex:
 
     def _checked_box(self, ann: dict[str, Any], where: str, width: int, height: int) -> list:
         bbox = ann.get("bbox")
-        if (
-            not isinstance(bbox, list)
-            or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)
-        ):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_finite(v) for v in bbox):
             self._fail(f"{where} has bbox {bbox!r:.80}", "a bbox is 4 finite numbers [x, y, w, h]")
         x, y, w, h = bbox
         tol = BOX_TOLERANCE
@@ -150,6 +149,8 @@ class LVISIndex:
             for poly in seg:
                 if not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2:
                     self._fail(f"{where} has a polygon {poly!r:.60} with < 3 points", fix)
+                if not all(_finite(v) for v in poly):
+                    self._fail(f"{where} has a polygon {poly!r:.60} with a non-number", fix)
             if not seg:
                 self._fail(f"{where} has an empty segmentation", fix)
         elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
@@ -160,6 +161,10 @@ class LVISIndex:
                 )
         else:
             self._fail(f"{where} has segmentation {seg!r:.60}", fix)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 __all__ = ["BOX_TOLERANCE", "GROUP_OF_FREQUENCY", "LVISIndex", "clip_box", "is_degenerate"]

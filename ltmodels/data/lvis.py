@@ -257,10 +257,11 @@ def _load_json(ann: str | Path | dict) -> tuple[dict[str, Any], str]:
     try:
         with path.open("rb") as f:
             data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (ValueError, RecursionError) as err:  # bad JSON or UTF-8, a 5000-digit number,
+        reason = str(err) or "nested too deeply"  # or lists nested past the recursion limit
         raise DatasetError(
-            f"{path}: not valid JSON ({err}); re-download or regenerate the file"
-        ) from err
+            f"{path}: not valid JSON ({reason[:200]}); re-download or regenerate the file"
+        ) from None
     return data, str(path)
 
 

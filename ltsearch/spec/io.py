@@ -1,8 +1,12 @@
 """Reading study YAML safely and turning pydantic's errors into one-line :class:`SpecError`.
 
-The YAML loader is PyYAML's safe loader with two fixes a study file needs: a key given
-twice in one mapping is an error (PyYAML silently keeps the last), and exponent floats
-without a dot (``1e-3``) are floats, as in YAML 1.2 (PyYAML reads them as strings).
+The YAML loader is PyYAML's safe loader with the fixes a study file needs: a key given
+twice in one mapping is an error (PyYAML silently keeps the last); exponent floats
+without a dot (``1e-3``) are floats, as in YAML 1.2 (PyYAML reads them as strings); an
+explicit tag other than plain data (``!!python/object``, but also ``!!binary``, ``!!set``,
+``!!timestamp`` or a local ``!tag``) is refused before anything is constructed; and an
+alias that contains itself, or aliases that expand to more than :data:`MAX_VALUES`
+values (a "billion laughs"), are refused before the expansion is built.
 """
 
 from __future__ import annotations
@@ -17,10 +21,35 @@ from ltsearch.errors import SpecError
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 _DATASET_KINDS = ("synthetic", "lvis")
+_YAML_TAG = "tag:yaml.org,2002:"
+# explicit tags that still give plain data (``!!str 12`` is the string "12")
+_PLAIN_TAGS = frozenset(
+    _YAML_TAG + t for t in ("str", "int", "float", "bool", "null", "map", "seq")
+)
+MAX_VALUES = 100_000
+"""Most values (scalars, lists, mappings) a study file may hold once aliases are expanded:
+a real study holds a few hundred; the limit keeps an alias bomb from filling the memory."""
+
+
+class _Refused(yaml.constructor.ConstructorError):
+    """The file is YAML, but not the plain data a study is; ``problem`` is the reason."""
 
 
 class _StudyLoader(yaml.SafeLoader):
-    """Safe loader that rejects duplicate keys."""
+    """Safe loader that refuses duplicate keys and tags other than plain data."""
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        tag = getattr(event, "tag", None)
+        if tag not in (None, "!") and tag not in _PLAIN_TAGS:
+            raise _Refused(
+                None,
+                None,
+                f"tag {_short_tag(tag)} is not allowed; a study file holds plain data only "
+                "(mappings, lists, strings, numbers, booleans)",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
@@ -34,8 +63,11 @@ class _StudyLoader(yaml.SafeLoader):
                 except TypeError:  # unhashable key: the base class reports it
                     continue
                 if duplicate:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    raise _Refused(
+                        None,
+                        None,
+                        f"duplicate key {key!r}; give each key once per mapping",
+                        key_node.start_mark,
                     )
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
@@ -52,26 +84,77 @@ def parse_yaml(text: str, file: str | None = None) -> Any:
     """Parse YAML text as plain data.
 
     Raises:
-        SpecError: syntax error or disallowed tag (both with the line), duplicate key.
+        SpecError: syntax error, disallowed tag, duplicate key, an unhashable key, an alias
+            that contains itself or aliases expanding past :data:`MAX_VALUES` (all with the
+            line), or nesting too deep to read.
     """
     try:
-        return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 (a safe loader subclass)
-    except yaml.constructor.ConstructorError as exc:
-        line = _line(exc)
-        if exc.problem and exc.problem.startswith("duplicate key"):
-            reason = f"{line}{exc.problem}; give each key once per mapping"
-        else:
-            tag = _tag(exc.problem or "")
-            reason = (
-                f"{line}tag {tag} is not allowed; a study file holds plain data only "
-                "(mappings, lists, strings, numbers, booleans)"
-            )
-        raise SpecError(reason, file=file) from None
+        return _load(text)
+    except _Refused as exc:
+        raise SpecError(f"{_line(exc)}{exc.problem}", file=file) from None
+    except yaml.constructor.ConstructorError as exc:  # e.g. a list or mapping as a key
+        problem = " ".join(str(exc.problem or "not plain data").split())
+        raise SpecError(
+            f"{_line(exc)}{problem}; a key is a plain string (no lists or mappings as keys)",
+            file=file,
+        ) from None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise SpecError(
             f"{_line(exc)}YAML syntax error: {problem}; fix the YAML there", file=file
         ) from None
+    except RecursionError:
+        raise SpecError(
+            "lists or mappings are nested too deeply to read; a study nests a few levels",
+            file=file,
+        ) from None
+
+
+def _load(text: str) -> Any:
+    loader = _StudyLoader(text)  # reads the text: a control character fails here
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_: set[int]) -> int:
+    """How many values ``node`` holds once aliases are expanded (an alias is the same node
+    object again, so each node is counted once, in ``sizes``); ``open_`` holds the nodes
+    being counted, so a node met again inside itself is a recursive alias."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_:
+        raise _Refused(
+            None,
+            None,
+            "an alias refers to a value that contains it (a recursive structure); "
+            "write the data out instead",
+            node.start_mark,
+        )
+    open_.add(key)
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_size(child, sizes, open_) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_size(k, sizes, open_) + _expanded_size(v, sizes, open_)
+    open_.discard(key)
+    if total > MAX_VALUES:
+        raise _Refused(
+            None,
+            None,
+            f"this value holds more than {MAX_VALUES} values once its aliases are expanded; "
+            "a study file is small plain data (write it without nested aliases)",
+            node.start_mark,
+        )
+    sizes[key] = total
+    return total
 
 
 def _line(exc: yaml.YAMLError) -> str:
@@ -79,11 +162,9 @@ def _line(exc: yaml.YAMLError) -> str:
     return "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
 
 
-def _tag(problem: str) -> str:
-    match = re.search(r"tag '([^']*)'", problem)
-    if not match:
-        return "(unknown)"
-    return "!!" + match.group(1).removeprefix("tag:yaml.org,2002:")
+def _short_tag(tag: str) -> str:
+    """``tag:yaml.org,2002:python/object`` -> ``!!python/object``; a local tag as written."""
+    return "!!" + tag.removeprefix(_YAML_TAG) if tag.startswith(_YAML_TAG) else tag
 
 
 def _clean_loc(loc: tuple[Any, ...]) -> list[str | int]:
@@ -127,4 +208,4 @@ def from_validation_error(exc: ValidationError, file: str | None = None) -> Spec
     return SpecError(reason, file=file, path=loc)
 
 
-__all__ = ["from_validation_error", "parse_yaml"]
+__all__ = ["MAX_VALUES", "from_validation_error", "parse_yaml"]

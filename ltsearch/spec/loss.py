@@ -20,9 +20,9 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from ltmodels.errors import ConfigError
 from ltmodels.losses.domains import DOMAINS, Param
@@ -46,10 +46,24 @@ def check_known_keys(cls: type[BaseModel], data: Any) -> Any:
     return data
 
 
-class Strict(BaseModel):
-    """Base of every spec section: unknown keys are errors, naming the allowed ones."""
+def _plain_number(value: Any) -> Any:
+    """Refuse what pydantic would quietly turn into a number: ``true`` (1), ``"12"``."""
+    if isinstance(value, (bool, str)):
+        raise SpecError(f"got {value!r}; write a number (no quotes, not true/false)")
+    return value
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+Int = Annotated[int, BeforeValidator(_plain_number)]
+"""An int written as a number (``12`` or ``12.0``), never a boolean or a string."""
+Float = Annotated[float, BeforeValidator(_plain_number)]
+"""A finite float (see :class:`Strict`) written as a number."""
+
+
+class Strict(BaseModel):
+    """Base of every spec section: unknown keys are errors, naming the allowed ones; a float
+    is finite (``.inf`` and ``.nan`` are refused)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -63,10 +77,10 @@ class ParamSpace(Strict):
     fixed: Any = None
     grid: list[Any] | None = Field(default=None, min_length=1)
     categorical: list[Any] | None = Field(default=None, min_length=1)
-    uniform: tuple[float, float] | None = None
-    loguniform: tuple[float, float] | None = None
-    int_: tuple[int, int] | None = Field(default=None, alias="int")
-    step: float | None = Field(default=None, gt=0)
+    uniform: tuple[Float, Float] | None = None
+    loguniform: tuple[Float, Float] | None = None
+    int_: tuple[Int, Int] | None = Field(default=None, alias="int")
+    step: Float | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -288,4 +302,13 @@ class LossSpec(Strict):
         return [] if self.choice is None else ["choice", index]
 
 
-__all__ = ["SPACE_KINDS", "LossOption", "LossSpec", "ParamSpace", "Strict", "check_known_keys"]
+__all__ = [
+    "SPACE_KINDS",
+    "Float",
+    "Int",
+    "LossOption",
+    "LossSpec",
+    "ParamSpace",
+    "Strict",
+    "check_known_keys",
+]

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ltsearch.errors import SpecError
+
 DATASET_PATH_KEYS = ("train", "val", "images", "train_images", "val_images")
 
 
@@ -66,6 +68,33 @@ def _is_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def inside(storage: Path, name: str) -> Path:
+    """``storage / name``, refused when it is a link (or below one) that resolves outside
+    ``storage``: a study writes inside its storage only. ``name`` is a slug (no ``/``, no
+    ``..``), so a link is the only way out.
+
+    Raises:
+        SpecError: the study directory leads outside ``storage`` (key path ``name``).
+    """
+    path = storage / name
+    if not os.path.lexists(path):
+        return path
+    real, root = path.resolve(), storage.resolve()
+    if real != root and root in real.parents:
+        if path.is_dir():
+            return path
+        raise SpecError(
+            f"{str(path)!r} is a file, not a study directory; move it away or choose another "
+            "name or storage",
+            path=["name"],
+        )
+    raise SpecError(
+        f"{str(path)!r} is a link to {str(real)!r}, outside the storage {str(root)!r}; a study "
+        "writes inside its storage only: remove the link, or set storage to where it points",
+        path=["name"],
+    )
+
+
 def spec_paths(spec: Any) -> Iterator[tuple[str, str]]:
     """``(key path, value)`` of every path a validated study holds."""
     yield "storage", str(spec.storage)
@@ -88,4 +117,11 @@ def require_absolute(spec: Any) -> None:
         )
 
 
-__all__ = ["DATASET_PATH_KEYS", "absolute", "require_absolute", "resolve_raw", "spec_paths"]
+__all__ = [
+    "DATASET_PATH_KEYS",
+    "absolute",
+    "inside",
+    "require_absolute",
+    "resolve_raw",
+    "spec_paths",
+]

@@ -14,13 +14,14 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import Field, StrictBool, field_validator, model_validator
 
 from ltsearch.errors import SpecError
-from ltsearch.spec.loss import Strict
+from ltsearch.spec.loss import Float, Int, Strict
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 METRICS = tuple(f"{kind}/{m}" for kind in ("bbox", "segm") for m in METRIC_NAMES)
 
-PosInt = Annotated[int, Field(gt=0)]
-PosFloat = Annotated[float, Field(gt=0)]
+PosInt = Annotated[Int, Field(gt=0)]
+PosFloat = Annotated[Float, Field(gt=0)]
+Seed = Annotated[Int, Field(ge=0, le=2**32 - 1)]  # what NumPy and Optuna accept as a seed
 Path_ = Annotated[str, Field(min_length=1)]
 
 
@@ -29,11 +30,11 @@ class SyntheticData(Strict):
 
     kind: Literal["synthetic"]
     # the generator's bounds (ltmodels.data.synthetic.SynthConfig), checked at load time
-    classes: Annotated[int, Field(ge=3, le=200)] | None = None
+    classes: Annotated[Int, Field(ge=3, le=200)] | None = None
     train_images: PosInt | None = None
     val_images: PosInt | None = None
-    image_size: Annotated[int, Field(ge=64, le=1024)] | None = None
-    seed: int | None = None
+    image_size: Annotated[Int, Field(ge=64, le=1024)] | None = None
+    seed: Seed | None = None
 
     def synth_kwargs(self) -> dict[str, int]:
         """Keyword arguments of ``ltmodels.data.synthetic.SynthConfig`` (``classes`` is
@@ -110,13 +111,13 @@ class ModelSection(Strict):
     rpn_post_nms_top_n_train: PosInt | None = None
     rpn_post_nms_top_n_test: PosInt | None = None
     box_batch_size_per_image: PosInt | None = None
-    box_positive_fraction: Annotated[float, Field(gt=0, le=1)] | None = None
-    box_score_thresh: Annotated[float, Field(ge=0, lt=1)] | None = None
+    box_positive_fraction: Annotated[Float, Field(gt=0, le=1)] | None = None
+    box_score_thresh: Annotated[Float, Field(ge=0, lt=1)] | None = None
     box_detections_per_img: PosInt | None = None
     cls_head: Literal["auto", "linear", "cosine"] | None = None
     cosine_scale: PosFloat | None = None
     box_loss: Literal["smooth_l1", "giou"] | None = None
-    trainable_backbone_layers: Annotated[int, Field(ge=0, le=5)] | None = None
+    trainable_backbone_layers: Annotated[Int, Field(ge=0, le=5)] | None = None
     norm: Literal["bn", "frozen_bn", "gn"] | None = None
     backbone_weights: Path_ | None = None
 
@@ -161,16 +162,24 @@ class SearchSpec(Strict):
     """How the search runs. ``trials`` counts configurations (each runs once per seed);
     it defaults to the number of grid points under the grid sampler. ``max_failures``:
     while no trial has succeeded, this many failures with the same error stop the study
-    (a systematic error, e.g. a wrong path; 0 never stops)."""
+    (a systematic error, e.g. a wrong path; 0 never stops). ``trial_timeout``: seconds one
+    (configuration, seed) run may take before it is recorded as failed and its process
+    ended (a hung run: a deadlock, a dead data mount; ``null``: no limit).
+    ``max_retries``: how many times a trial whose process or node died (SIGKILL, OOM
+    killer, node loss) is started again; it resumes from its last epoch checkpoint. An
+    error raised by the run itself is recorded once and never retried: a run is
+    deterministic for its seed."""
 
     sampler: Literal["tpe", "nsga2", "grid", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["bbox/APr:max", "bbox/APf:max"])
     trials: PosInt | None = None
-    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    seed: int = 0
+    seeds: list[Seed] = Field(default_factory=lambda: [0], min_length=1)
+    seed: Seed = 0
     initial_points: list[dict[str, Any]] = Field(default_factory=list)
-    population_size: Annotated[int, Field(ge=2)] | None = None
-    max_failures: Annotated[int, Field(ge=0)] = 3
+    population_size: Annotated[Int, Field(ge=2)] | None = None
+    max_failures: Annotated[Int, Field(ge=0)] = 3
+    trial_timeout: PosFloat | None = None
+    max_retries: Annotated[Int, Field(ge=0, le=100)] = 2
 
     @field_validator("objectives")
     @classmethod
@@ -224,7 +233,7 @@ class Resources(Strict):
 
     workers: PosInt = 1
     cpus_per_worker: PosFloat = 1.0
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    gpus_per_worker: Annotated[Float, Field(ge=0)] = 0.0
     max_concurrent_trials: PosInt = 1
 
 
@@ -239,5 +248,5 @@ class Reference(Strict):
 
 __all__ = [
     "METRICS", "METRIC_NAMES", "DatasetSpec", "LvisData", "ModelSection", "Objective",
-    "PosFloat", "PosInt", "Reference", "Resources", "SearchSpec", "SyntheticData",
+    "PosFloat", "PosInt", "Reference", "Resources", "SearchSpec", "Seed", "SyntheticData",
 ]  # fmt: skip

@@ -33,12 +33,15 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from ltsearch.errors import SpecError
 from ltsearch.spec.io import from_validation_error, parse_yaml
 from ltsearch.spec.loss import LossSpec, Strict
-from ltsearch.spec.paths import absolute, resolve_raw
+from ltsearch.spec.paths import absolute, inside, resolve_raw
 from ltsearch.spec.points import check_point, check_reference_row, param_key
 from ltsearch.spec.sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
 from ltsearch.spec.training import TrainingSpec
 
-SLUG = re.compile(r"^[a-z0-9][a-z0-9._-]{0,79}$")
+SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")  # fullmatch: "$" would let a newline end it
+MAX_GRID_POINTS = 100_000
+"""Most points a grid study may have: the grid sampler lists them all before it starts, and
+each is a trained detector per seed."""
 
 # The built-in --smoke policy (StudySpec.smoked): tiny data, tiny model, few short trials.
 SMOKE_DATASET: dict[str, Any] = {
@@ -72,7 +75,7 @@ class StudySpec(Strict):
     @field_validator("name")
     @classmethod
     def _slug(cls, value: str) -> str:
-        if not SLUG.match(value):
+        if not SLUG.fullmatch(value):
             raise SpecError(
                 f"{value!r} is not a slug; use lowercase letters, digits, '.', '_' or '-' "
                 "(it names the results directory)"
@@ -127,6 +130,13 @@ class StudySpec(Strict):
                         "list the values to try",
                         path=["loss", *self.loss.path(i), "params", pname, space.kind],
                     )
+        if self.grid_size > MAX_GRID_POINTS:
+            raise SpecError(
+                f"the grid has {self.grid_size} points (the product of the values listed per "
+                f"loss), more than the {MAX_GRID_POINTS} a study can list; list fewer values, "
+                "or use sampler: tpe with a trials budget",
+                path=["loss"],
+            )
         if search.trials is not None and search.trials > self.grid_size:
             raise SpecError(
                 f"{search.trials} exceeds the {self.grid_size} grid points; lower it or omit it",
@@ -151,8 +161,13 @@ class StudySpec(Strict):
 
     @property
     def study_dir(self) -> Path:
-        """Where this study's results live: ``<storage>/<name>``."""
-        return Path(self.storage).expanduser() / self.name
+        """Where this study's results live: ``<storage>/<name>``.
+
+        Raises:
+            SpecError: ``<storage>/<name>`` is a link that leads outside ``storage`` (a
+                study writes inside its storage only, :func:`ltsearch.spec.paths.inside`).
+        """
+        return inside(Path(self.storage).expanduser(), self.name)
 
     def check_data(self) -> None:
         """``validate --check-data``: the dataset's paths exist and, for an LVIS-format
@@ -277,6 +292,6 @@ def load_spec(path: str | Path) -> StudySpec:
 
 
 __all__ = [
-    "SMOKE_DATASET", "StudySpec", "check_reference_row", "load_spec", "param_key",
-    "spec_from_dict",
+    "MAX_GRID_POINTS", "SMOKE_DATASET", "StudySpec", "check_reference_row", "load_spec",
+    "param_key", "spec_from_dict",
 ]  # fmt: skip

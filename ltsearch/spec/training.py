@@ -15,7 +15,7 @@ from pydantic import Field, StrictBool, model_validator
 from ltmodels.errors import ConfigError
 from ltmodels.losses.domains import DOMAINS
 from ltsearch.errors import SpecError
-from ltsearch.spec.loss import Strict
+from ltsearch.spec.loss import Float, Int, Strict
 from ltsearch.spec.sections import PosFloat, PosInt
 
 FinetunePart = Literal["box_predictor", "box_head", "rpn", "mask_head", "backbone"]
@@ -34,10 +34,10 @@ class Optim(Strict):
     lr: PosFloat = 0.02
     batch_size: PosInt = 16
     sampler: Literal["random", "rfs"] = "random"
-    rfs_threshold: Annotated[float, Field(gt=0, le=1)] = 1e-3
-    warmup_iters: Annotated[int, Field(ge=0)] = 500
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    rfs_threshold: Annotated[Float, Field(gt=0, le=1)] = 1e-3
+    warmup_iters: Annotated[Int, Field(ge=0)] = 500
+    momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
+    weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
     max_norm: PosFloat | None = None
 
     @model_validator(mode="after")

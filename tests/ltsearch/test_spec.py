@@ -142,7 +142,7 @@ ERRORS = [
      "listed twice"),
     (lambda d: d["model"].update(backbone="resnet51"), "model.backbone", "got 'resnet51'"),
     (lambda d: d["model"].update(tempearture=20), "model.tempearture", "unknown key"),
-    (lambda d: d["model"].update(min_size="big"), "model.min_size.0", "valid integer"),
+    (lambda d: d["model"].update(min_size="big"), "model.min_size.0", "write a number"),
     (lambda d: d["model"].update(min_size=900, max_size=800), "model.min_size", "max_size"),
     (lambda d: d["model"].update(norm="frozen_bn"), "model.norm", "needs backbone_weights"),
     (lambda d: d.update(dataset={"kind": "lvis", "val": "v", "images": "i"}), "dataset.train",
