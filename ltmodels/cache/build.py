@@ -47,11 +47,12 @@ from ltmodels.cache.extract import (
 )
 from ltmodels.cache.store import (
     FORMAT,
+    CacheError,
     FeatureCache,
-    cache_problem,
     exclusive_lock,
     install,
     remove_leftovers,
+    validate,
     write_manifest,
 )
 from ltmodels.data.lvis import collate_fn
@@ -191,12 +192,15 @@ def build_feature_cache(
     max_views: int = 24,
     seed: int = 0,
     num_workers: int = 0,
+    source_sha256: str | None = None,
 ) -> FeatureCache:
     """Build (or reuse) the RoI-feature cache ``cache_dir/<key>/`` of a frozen detector.
 
-    Reuse needs a valid manifest with the same key, build options and image ids; anything
-    else is rebuilt. Concurrent callers with the same key serialise on a file lock: the
-    first builds, the others wait and reuse its cache.
+    Reuse needs a valid manifest with the same key, build options, image ids and source
+    weights, and every file matching its whole-file sha256 (one read of the cache); anything
+    else (a truncated or bit-flipped file included) is rebuilt, with one warning. Concurrent
+    callers with the same key serialise on a file lock: the first builds, the others wait
+    and reuse its cache.
 
     Args:
         model: torchvision Mask/Faster R-CNN with
@@ -214,6 +218,8 @@ def build_feature_cache(
         view_rois, view_positive_fraction, max_views: the budget mode's views.
         seed: seed of the budget mode's view sampling.
         num_workers: DataLoader workers that read the images.
+        source_sha256: sha256 of the stage-1 checkpoint the model was loaded from; a cache
+            built from other weights is rebuilt (None: not checked).
 
     Returns:
         The validated, memory-mapped cache.
@@ -248,13 +254,17 @@ def build_feature_cache(
         "train_image_ids_sha256": ids_digest(metas[0]["image_ids"]),
         "val_image_ids_sha256": ids_digest(metas[1]["image_ids"]),
     }
+    if source_sha256 is not None:
+        expected["source_sha256"] = source_sha256
     root = Path(cache_dir)
     final = root / key
     with exclusive_lock(root / f".{key}.lock"):
-        problem = cache_problem(final, expected)
-        if problem is None:
+        try:  # one whole-file check: a flipped bit anywhere is found before reuse
+            manifest = validate(final, expected=expected)
             log.debug("feature cache %s: reusing", final)
-            return FeatureCache.open(final, expected=expected)
+            return FeatureCache(final, manifest)
+        except CacheError as err:
+            problem = str(err)
         if final.exists():
             log.warning("feature cache %s is unusable (%s); rebuilding", final, problem)
         remove_leftovers(root, key)
@@ -274,7 +284,8 @@ def build_feature_cache(
         finally:
             model.train(was_training)
             shutil.rmtree(tmp, ignore_errors=True)
-        return FeatureCache.open(final, expected=expected)
+        # sampled check only: the sha256s were computed from the bytes as they were written
+        return FeatureCache.open(final, expected=expected, full=False)
 
 
 __all__ = ["FEATURE_DTYPES", "build_feature_cache"]

@@ -6,6 +6,11 @@ dataset files) behind a file lock, so concurrent trials wait for the one produce
 later studies reuse it. Stage 2 either fine-tunes the named parts of the whole model, or,
 when only the box predictor trains, trains it on the RoI-feature cache of that stage-1
 checkpoint (:mod:`ltmodels.cache`): predictor training + NMS + evaluation only.
+
+Cached checkpoints (stage 1's ``model.pt`` and ``train.pt``, a trial's ``checkpoint.pt``)
+are checked against their sha256 before use; a damaged one is discarded with one log line
+and rebuilt (stage 1 retrains, a trial restarts its training). The feature cache records
+the sha256 of the stage-1 weights it was built from, so new weights rebuild it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ from torch import nn
 from ltmodels.cache.store import exclusive_lock
 from ltmodels.data import LVISDetection
 from ltmodels.engine import distributed as dist_utils
-from ltmodels.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.engine.checkpoint import (
+    checkpoint_problem,
+    drop_damaged,
+    load_checkpoint,
+    recorded_sha256,
+    save_checkpoint,
+)
 from ltmodels.engine.evaluate import predict, score_detections
 from ltmodels.losses import build_loss
 from ltmodels.modeling.detector import ModelSpec, build_detector
@@ -117,7 +128,8 @@ def ensure_stage1(
     One producer: the first caller holds ``<key>.lock`` and trains (checkpointing each epoch,
     so an interrupted stage 1 resumes); the others block on the lock, then reuse it.
     Under DDP rank 0 alone takes the lock and decides; every worker trains when it says so
-    (the training all-reduces), and all wait until rank 0 has written the weights.
+    (the training all-reduces), and all wait until rank 0 has written the weights. Damaged
+    weights or a damaged ``train.pt`` are discarded (one log line) and stage 1 retrained.
     """
     assert cfg.stage1 is not None
     key = stage1_key(cfg, spec)
@@ -125,11 +137,15 @@ def ensure_stage1(
     final = root / key / "model.pt"
     root.mkdir(parents=True, exist_ok=True)
     distributed = dist_utils.is_distributed()
-    if not distributed and final.exists():
+    if not distributed and final.exists() and checkpoint_problem(final) is None:
         return final, key
     leader = dist_utils.rank() == 0
     with exclusive_lock(root / f".{key}.lock") if leader else nullcontext():
+        if leader:  # checked again under the lock: another trial may have rebuilt it
+            drop_damaged(final, f"training stage 1 ({key}) again")
         train = not final.exists() if leader else False
+        if train:
+            drop_damaged(final.parent / "train.pt", "stage 1 starts from its first epoch")
         if distributed:
             flag = [train]
             torch.distributed.broadcast_object_list(flag, src=0)
@@ -222,8 +238,14 @@ def _cached_stage2(
     train_set, val_set = sets
     plain_train = LVISDetection(cfg.data.train_json, cfg.data.train_root, with_masks=False)
     with timer("cache"):
+        weights = Path(cfg.cache_dir) / "stage1" / key / "model.pt"
         cache = build_feature_cache(
-            model, plain_train, val_set, Path(cfg.cache_dir) / "features", key=key
+            model,
+            plain_train,
+            val_set,
+            Path(cfg.cache_dir) / "features",
+            key=key,
+            source_sha256=recorded_sha256(weights),
         )
     stage = cfg.train
     predictor = model.roi_heads.box_predictor
@@ -284,14 +306,14 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")
     loader = train_loader(train_set, cfg.train, seed=cfg.seed, workers=cfg.loader_workers)
+    ckpt = workdir / "checkpoint.pt"
+    if dist_utils.rank() == 0:
+        drop_damaged(ckpt, "the trial trains from its first epoch")
+    if dist_utils.is_distributed():
+        torch.distributed.barrier()
     with timer("train"):
         history = train_stage(
-            model,
-            cfg.train,
-            loader,
-            device=device,
-            ckpt_path=workdir / "checkpoint.pt",
-            on_epoch=on_epoch,
+            model, cfg.train, loader, device=device, ckpt_path=ckpt, on_epoch=on_epoch
         )
     with timer("eval"):
         metrics, rows = full_evaluation(model, val_set, cfg, spec, device)

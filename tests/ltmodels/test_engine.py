@@ -15,7 +15,15 @@ from torch.utils.data import DataLoader
 
 from ltmodels.data import LVISDetection, collate_fn
 from ltmodels.data.synthetic import SynthConfig, write_synthetic
-from ltmodels.engine.checkpoint import load_checkpoint, save_checkpoint
+from ltmodels.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_problem,
+    drop_damaged,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    sidecar,
+)
 from ltmodels.engine.evaluate import evaluate, predict
 from ltmodels.engine.train import (
     NonFiniteLossError,
@@ -158,7 +166,7 @@ def test_resume_is_exact(tmp_path: Path) -> None:
     assert loss_state or model.roi_heads.cls_loss.name == "ce"  # stateful losses: checkpointed
     assert all(torch.equal(state[k], state3[k]) for k in state)
     assert sched3.last_epoch == sched.last_epoch == 6
-    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256"]  # no tmp
 
 
 def test_checkpoint_restores_rng_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
@@ -172,9 +180,65 @@ def test_checkpoint_restores_rng_and_keeps_old_file_on_failure(tmp_path: Path) -
     with pytest.raises(Exception):  # noqa: B017 - a lambda is not picklable
         save_checkpoint(path, model=model, epoch=1, extra={"bad": lambda: 0})
     assert load_checkpoint(path, restore_rng=False)["epoch"] == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "c.pt.sha256"]
     with pytest.raises(ValueError, match="optimizer"):
         load_checkpoint(path, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def _flip_in_tensor(path: Path, values: torch.Tensor) -> None:
+    """Flip the lowest bit of the first float32 of ``values`` where the file stores it."""
+    data = bytearray(path.read_bytes())
+    at = data.find(values[:4].numpy().tobytes())
+    assert at > 0, "tensor bytes not found in the checkpoint"
+    data[at] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_checkpoint_sha256_catches_a_flipped_bit_and_truncation(tmp_path: Path) -> None:
+    model = nn.Linear(64, 64)
+    path = save_checkpoint(tmp_path / "c.pt", model=model, epoch=3)
+    assert sidecar(path).read_text() == f"{file_sha256(path)}  c.pt\n"  # sha256sum format
+    assert checkpoint_problem(path) is None and checkpoint_problem(tmp_path / "none.pt") is None
+    _flip_in_tensor(path, model.weight.detach().flatten())
+    # torch itself does not check its zip CRCs: the flipped weight would load silently
+    flipped = torch.load(path, weights_only=True)["model"]["weight"]
+    assert not torch.equal(flipped, model.weight.detach())
+    with pytest.raises(CheckpointError, match=r"c\.pt: damaged checkpoint"):
+        load_checkpoint(path, model=nn.Linear(64, 64))
+    assert "damaged checkpoint" in (checkpoint_problem(path) or "")
+
+    short = save_checkpoint(tmp_path / "t.pt", model=model, epoch=3)
+    short.write_bytes(short.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"t\.pt: damaged checkpoint"):
+        load_checkpoint(short)
+    sidecar(short).unlink()  # without its sidecar, a truncated file is still refused
+    with pytest.raises(CheckpointError, match=r"t\.pt: unreadable checkpoint"):
+        load_checkpoint(short)
+    assert "unreadable" in (checkpoint_problem(short) or "")
+
+
+def test_a_checkpoint_without_sidecar_still_loads(tmp_path: Path) -> None:
+    model = nn.Linear(2, 2)
+    path = save_checkpoint(tmp_path / "old.pt", model=model, epoch=5)
+    sidecar(path).unlink()  # as written before checksums
+    assert load_checkpoint(path, restore_rng=False)["epoch"] == 5
+    assert checkpoint_problem(path) is None
+
+
+def test_drop_damaged_removes_the_file_and_its_sidecar_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = nn.Linear(64, 64)
+    good = save_checkpoint(tmp_path / "good.pt", model=model, epoch=1)
+    assert not drop_damaged(good, "rebuilding") and good.exists()
+    bad = save_checkpoint(tmp_path / "bad.pt", model=model, epoch=1)
+    _flip_in_tensor(bad, model.weight.detach().flatten())
+    with caplog.at_level("WARNING", logger="ltmodels.engine.checkpoint"):
+        assert drop_damaged(bad, "rebuilding")
+    assert not bad.exists() and not sidecar(bad).exists()
+    [record] = caplog.records
+    assert "bad.pt: damaged checkpoint" in record.message and "rebuilding" in record.message
+    assert "\n" not in record.message
 
 
 class FixedDetector(nn.Module):

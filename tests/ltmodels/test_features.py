@@ -18,9 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.ops import box_iou
 
+from ltmodels.cache import store
 from ltmodels.cache.build import build_feature_cache
 from ltmodels.cache.evaluate import evaluate_cached, predict_cached
-from ltmodels.cache.store import CacheError, FeatureCache
+from ltmodels.cache.store import ArrayWriter, CacheError, FeatureCache, validate, write_manifest
 from ltmodels.cache.train import train_predictor_cached
 from ltmodels.data.lvis import LVISDetection, collate_fn
 from ltmodels.data.transforms import ResizeShortestEdge
@@ -150,6 +151,62 @@ def test_truncated_or_stale_cache_is_rebuilt(model, data, tmp_path, caplog):
     assert len(model.calls) > before
     assert stale.manifest["views_per_image"] == 1 and len(stale.train["view_flip"]) == 2
     assert not list(tmp_path.glob(".k.tmp-*"))
+
+
+def _unsampled_offset(size: int) -> int:
+    """A byte offset of a file of ``size`` bytes that its sampled digest does not read."""
+    mib, block = store._MIB, store._SAMPLE_BLOCK
+    starts = np.linspace(mib, size - mib - block, store._SAMPLE_BLOCKS, dtype=np.int64)
+    gap = int(np.argmax(np.diff(starts) - block))
+    offset = int(starts[gap]) + block + (int(starts[gap + 1]) - int(starts[gap]) - block) // 2
+    assert mib <= offset < size - mib and not any(s <= offset < s + block for s in starts)
+    return offset
+
+
+def _flip(path, offset: int) -> None:
+    with path.open("r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)[0]
+        f.seek(offset)
+        f.write(bytes([byte ^ 0x04]))
+
+
+def test_a_flipped_bit_outside_the_sampled_blocks_is_caught(tmp_path):
+    """80 MiB: past the size up to which files were always hashed whole (64 MiB)."""
+    root = tmp_path / "big"
+    (root / "train").mkdir(parents=True)
+    writer = ArrayWriter(root / "train" / "features.bin", "float16", (1024,))
+    rows = np.ones((4096, 1024), dtype=np.float16)
+    for _ in range(10):
+        writer.append(rows)
+    write_manifest(root, {"format": store.FORMAT, "files": {"train/features.bin": writer.close()}})
+    validate(root)
+    features = root / "train" / "features.bin"
+    _flip(features, _unsampled_offset(features.stat().st_size))
+    validate(root, full=False)  # the sampled digest alone does not see it
+    with pytest.raises(CacheError, match=r"features\.bin does not match its sha256"):
+        validate(root)  # what opening a cache for reuse runs
+
+
+def test_bit_flipped_cache_is_rebuilt_not_used(model, data, tmp_path, caplog, monkeypatch):
+    """The sample is shrunk (1 KiB ends, 16-byte blocks) so that the small test cache is
+    larger than it: a flip between its blocks must still be found and rebuilt."""
+    monkeypatch.setattr(store, "_MIB", 1024)
+    monkeypatch.setattr(store, "_SAMPLE_BLOCK", 16)
+    train, val = Subset(data[0], range(2)), Subset(data[1], range(2))
+    cache = build_feature_cache(model, train, val, tmp_path, key="k")
+    expected = np.array(cache.train["features"])
+    features = tmp_path / "k" / "train" / "features.bin"
+    assert features.stat().st_size > 64 * store._MIB  # sampled unless verified whole
+    _flip(features, _unsampled_offset(features.stat().st_size))
+    validate(tmp_path / "k", full=False)
+    before = len(model.calls)
+    with caplog.at_level(logging.WARNING, logger="ltmodels.cache.build"):
+        rebuilt = build_feature_cache(model, train, val, tmp_path, key="k")
+    assert len(model.calls) > before
+    assert "unusable" in caplog.text and "features.bin does not match its sha256" in caplog.text
+    np.testing.assert_array_equal(np.array(rebuilt.train["features"]), expected)
+    rebuilt.verify(full=True)
 
 
 def test_concurrent_builders_build_once(model, data, tmp_path):

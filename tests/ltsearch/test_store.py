@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import ltsearch.store as store_mod
@@ -143,6 +146,68 @@ def test_unreadable_part_is_a_user_error(tmp_path: Path) -> None:
     (tmp_path / "trials" / "part-bad-s0.parquet").write_bytes(b"not parquet")
     with pytest.raises(StoreError, match=r"part-bad-s0\.parquet: not a readable parquet part"):
         store.load_trials()
+
+
+def flip(path: Path, needle: bytes, mask: int = 0x01) -> None:
+    """Flip bits ``mask`` of the first byte of ``needle`` where the file holds it."""
+    data = bytearray(path.read_bytes())
+    at = data.find(needle)
+    assert at >= 0, f"{needle!r} not in {path.name}"
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_a_value_or_a_column_name_is_refused(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    good = store.write_trial(row("t1", 0, **{"bbox/APr": 0.123456}))
+    assert store_mod.parquet_problem(good.read_bytes()) is None
+    for needle in (struct.pack("<d", 0.123456), b"bbox/APr"):  # a data page; the footer
+        path = store.write_trial(row("t2", 0, **{"bbox/APr": 0.123456}))
+        flip(path, needle)
+        with pytest.raises(StoreError, match=r"part-t2-s0\.parquet: not a readable parquet part"):
+            store.load_trials()
+        with pytest.raises(StoreError, match=r"bits changed on disk.*delete part-t2-s0"):
+            store.trial_rows()  # what `ltsearch status` reads
+    path.unlink()
+    assert store.load_trials()["bbox/APr"].tolist() == [0.123456]
+
+
+def test_every_single_bit_flip_of_a_part_is_refused_or_harmless(tmp_path: Path) -> None:
+    """Bit 2 of every byte of a one-row part: either the part is refused, or it reads back
+    the very values written (a flip in bytes no reader uses)."""
+    part = ResultStore(tmp_path).write_trial(row("t1", 0, **{"bbox/APr": 0.25, "n": 3}))
+    data, want = part.read_bytes(), pq.read_table(part).to_pylist()
+    refused = 0
+    for at in range(len(data)):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x04
+        part.write_bytes(bytes(flipped))
+        try:
+            got = store_mod.read_verified(part).to_pylist()
+        except (ValueError, OSError, pa.ArrowException):
+            refused += 1
+            continue
+        assert got == want, f"byte {at}: a flipped bit was read as other values"
+    assert refused > len(data) // 2
+
+
+def test_a_part_written_without_a_checksum_still_loads(tmp_path: Path) -> None:
+    (tmp_path / "trials").mkdir()
+    pq.write_table(
+        pa.Table.from_pylist([row("old", 0)]), tmp_path / "trials" / "part-old-s0.parquet"
+    )
+    assert ResultStore(tmp_path).load_trials()["trial_id"].tolist() == ["old"]
+
+
+def test_a_bit_flipped_cache_is_rebuilt_from_the_parts(tmp_path: Path) -> None:
+    store = ResultStore(tmp_path)
+    store.write_trial(row("t1", 0, **{"bbox/APr": 0.5}))
+    store.load_trials()
+    cache = tmp_path / ".cache" / "trials.parquet"
+    assert store_mod.parquet_problem(cache.read_bytes()) is None
+    flip(cache, struct.pack("<d", 0.5), 0x10)
+    assert store.load_trials()["bbox/APr"].tolist() == [0.5]
+    assert store_mod.parquet_problem(cache.read_bytes()) is None  # rewritten whole
 
 
 def test_incompatible_column_types_still_load(tmp_path: Path) -> None:
