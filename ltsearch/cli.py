@@ -1,7 +1,7 @@
 """``ltsearch`` command line.
 
-Commands: ``validate``, ``run``, ``resume``, ``status``, ``report``, ``data synth``.
-``validate``, ``status`` and ``report`` start no Ray and no training.
+Commands: ``validate``, ``run``, ``resume``, ``stop``, ``status``, ``report``, ``data
+synth``. ``validate``, ``stop``, ``status`` and ``report`` start no Ray and no training.
 
 Exit codes (:data:`EXIT_CODES`, also in ``ltsearch --help`` and the README): 0 every
 (configuration, seed) ok; 1 the study ran but a run failed or it was stopped on a
@@ -28,7 +28,8 @@ EXIT_CODES = f"""exit codes:
   {EXIT_FAILED}    the study ran, but a (configuration, seed) failed or a systematic error
        stopped it (the last line says how many, and where the errors are)
   {EXIT_USER_ERROR}    a user error before anything started (one line; nothing written, no Ray)
-  {EXIT_INTERRUPTED}  interrupted (Ctrl-C or SIGTERM); `ltsearch resume DIR` continues
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM or `ltsearch stop`); `ltsearch resume DIR`
+       continues
 """
 
 
@@ -106,7 +107,7 @@ def _finish(outcome: Any, *, report: bool) -> int:
         plots = sorted((d / "report").glob("pareto*.png"))
         if plots:
             print(f"  pareto plot: {plots[0]}")
-    if outcome.stopped == "systematic":
+    if outcome.stopped in ("systematic", "storage"):
         print(outcome.message)
     progress = study_progress(d)
     line = f"{d.name}: {progress.line()}; {progress.runs_line()}"
@@ -116,7 +117,24 @@ def _finish(outcome: Any, *, report: bool) -> int:
     if progress.rows_failed or outcome.stopped:
         print(f"{line}: errors in `ltsearch status {d}` (column `error` of {d / 'trials'})")
         return EXIT_FAILED
+    if progress.trials_failed:  # failed without a row: its process died past max_retries
+        print(
+            f"{line}: {progress.trials_failed} trial(s) failed without a row (their process "
+            f"died more than search.max_retries times); see the error.txt files in {d / 'tune'}"
+        )
+        return EXIT_FAILED
     print(line)
+    return EXIT_OK
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from ltsearch.status import stop_study  # light: no torch, Ray or pandas
+
+    try:
+        print(stop_study(args.study_dir, wait=not args.no_wait, timeout=args.timeout))
+    except TimeoutError as exc:
+        print(f"ltsearch: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -181,6 +199,17 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="skip report.md at the end")
     p.set_defaults(func=_cmd_resume)
 
+    p = sub.add_parser(
+        "stop",
+        help="stop a study's driver, wherever it runs (trials in flight stay resumable)",
+    )
+    p.add_argument("study_dir")
+    p.add_argument("--no-wait", action="store_true", help="ask, do not wait for the driver")
+    p.add_argument(
+        "--timeout", type=float, default=600, help="seconds to wait for it (default 600)"
+    )
+    p.set_defaults(func=_cmd_stop)
+
     p = sub.add_parser("status", help="progress, best so far and failures of a study")
     p.add_argument("study_dir")
     p.set_defaults(func=_cmd_status)
@@ -234,6 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ltsearch: interrupted; `ltsearch resume <study dir>` continues", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        from ltmodels.engine.atomic import disk_full
+
+        full = disk_full(exc)
+        if not full:
+            raise
+        print(
+            f"ltsearch: error: the storage is full ({full}); free space, then `ltsearch "
+            "resume <study dir>` (finished runs are kept, the ones cut short run again)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, old)

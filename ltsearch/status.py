@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,6 +187,17 @@ def _failure_lines(failed: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _driver_line(root: Path) -> str:
+    from ltsearch.control import is_running, read_holder
+
+    holder = read_holder(root)
+    if is_running(root):
+        return f"running ({holder.describe() if holder else 'holder unknown'})"
+    if holder is None:
+        return "none running"
+    return f"none running (the last one: {holder.describe()})"
+
+
 def status_text(study_dir: str | Path) -> str:
     """Progress of a study (trials from the journal: :class:`StudyProgress`), its
     configurations and runs from the parquet parts, failures (first line of each error)
@@ -199,6 +211,7 @@ def status_text(study_dir: str | Path) -> str:
     rows = ResultStore(root).trial_rows()
     progress = _progress(root, spec.name, spec.n_trials, rows)
     lines = [f"study {spec.name} ({root})", f"  progress: {progress.line()}"]
+    lines.append(f"  driver: {_driver_line(root)}")
     if not rows:
         return "\n".join([*lines, "  no (configuration, seed) run finished yet"])
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -219,4 +232,38 @@ def status_text(study_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["MAX_STATUS_FAILURES", "StudyProgress", "status_text", "study_progress"]
+def stop_study(study_dir: str | Path, *, wait: bool = True, timeout: float = 600) -> str:
+    """``ltsearch stop``: ask the study's driver to stop; with ``wait``, until it has.
+
+    Returns:
+        The line to print.
+
+    Raises:
+        SpecError: not a study directory.
+        TimeoutError: the driver still runs after ``timeout`` seconds.
+    """
+    from ltsearch.control import is_running, read_holder, request_stop
+
+    root = Path(study_dir).resolve()
+    spec = load_study_dir(root)
+    if not is_running(root):
+        return f"study {spec.name}: no driver is running it; nothing to stop"
+    holder = read_holder(root)
+    who = holder.describe() if holder else "its driver"
+    request_stop(root)
+    if not wait:
+        return f"study {spec.name}: asked the driver ({who}) to stop"
+    deadline = time.monotonic() + timeout
+    while is_running(root):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the driver ({who}) still runs {timeout:.0f} s after the stop request; "
+                f"stop it with kill -TERM {holder.pid if holder else '<pid>'} on its host"
+            )
+        time.sleep(0.25)
+    return f"study {spec.name}: driver ({who}) stopped; `ltsearch resume {root}` continues"
+
+
+__all__ = [
+    "MAX_STATUS_FAILURES", "StudyProgress", "status_text", "stop_study", "study_progress",
+]  # fmt: skip

@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("ltmodels.trial",),
     ("ltsearch.errors", "ltsearch.rows", "ltsearch.journal", "ltsearch.provenance"),
     ("ltsearch.spec",),
-    ("ltsearch.store", "ltsearch.space", "ltsearch.study_dir"),
+    ("ltsearch.store", "ltsearch.space", "ltsearch.study_dir", "ltsearch.control"),
     ("ltsearch.report", "ltsearch.status"),
     ("ltsearch.run",),
     ("ltsearch.cli",),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ltmodels.engine.atomic import write_atomic
 from ltmodels.errors import ConfigError
 from ltsearch.report.plots import plot_compare, plot_front, plot_groups, plot_sweeps
 from ltsearch.report.sections import (
@@ -112,10 +113,8 @@ def _result_parts(
     """Front, domination, ablation, groups, sweeps and comparison sections (and their
     figures and ``configs.csv`` under ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in PLOTS:  # a figure this report does not draw must not outlive its data
-        (out / stale).unlink(missing_ok=True)
     c, (x, y) = summary.configs, xy
-    c.to_csv(out / "configs.csv", index=False)
+    write_atomic(out / "configs.csv", lambda f: c.to_csv(f, index=False))
     dirs = _directions(spec.search.parsed_objectives, xy)
     front_png = plot_front(out / "pareto.png", c, x, y, dirs, spec.name)
     parts = ["## Pareto front\n\n" + front_section(summary) + _image("front", front_png)]
@@ -177,7 +176,11 @@ def write_report(
     parts.append(failures_md(runs))
     parts.append(reading_md(study_dir))
     path = study_dir / REPORT_FILE
-    path.write_text("\n\n".join(p for p in parts if p) + "\n", encoding="utf-8")
+    text = "\n\n".join(p for p in parts if p) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))  # a kill leaves the old one
+    for stale in PLOTS:  # a figure this report does not show must not outlive its data;
+        if f"]({REPORT_DIR}/{stale})" not in text:  # removed only once report.md is whole
+            (study_dir / REPORT_DIR / stale).unlink(missing_ok=True)
     return path
 
 

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from ltmodels.engine.atomic import write_atomic
 from ltsearch.report.tables import GROUP_METRICS, PARAM_PREFIX, rank_configs
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -36,7 +37,7 @@ def _colors(losses: Sequence[str]) -> dict[str, Any]:
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     return path
 
 

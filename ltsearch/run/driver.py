@@ -27,23 +27,30 @@ A (configuration, seed) already in parquet with status ok is read back, never re
 (:func:`ltsearch.run.trainable.run_seed`), and its part file is named by configuration and
 seed, so each (configuration, seed) is stored exactly once. A driver holds an exclusive
 lock on ``.driver.lock`` while it runs (released by the OS when it dies, ``kill -9``
-included), so two drivers never adopt each other's trials.
+included), so two drivers never adopt each other's trials (:mod:`ltsearch.control`, which
+also carries ``ltsearch stop``).
+
+A trial whose process or node dies (SIGKILL, the OOM killer, a lost node) is started again
+by Ray Tune, up to ``search.max_retries`` times; it reads back the seeds already stored and
+resumes the one in flight from its last epoch checkpoint. An error raised by a run is
+stored as a failed row once: a retry reads it back instead of running the seed again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from ltsearch.control import driver_lock
 from ltsearch.errors import SpecError
+from ltsearch.run.rebuild import reconcile_journal
 from ltsearch.run.search import (
     StudyPlan,
     journal_storage,
@@ -57,7 +64,6 @@ from ltsearch.spec.study import StudySpec
 from ltsearch.study_dir import SPEC_FILE, check_storage, load_study_dir
 
 TUNE_DIR = "tune"
-LOCK_FILE = ".driver.lock"
 
 if TYPE_CHECKING:
     from ltsearch.run.stopping import StopRequest
@@ -105,31 +111,14 @@ def _write_spec(spec: StudySpec, study_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _driver_lock(study_dir: Path) -> Iterator[None]:
-    """Hold the study's driver lock; a second driver of the same study is a user error."""
-    import fcntl
+def _drop_temporaries(study_dir: Path) -> None:
+    """Remove the temporary files of parquet parts whose writer died (a killed driver's
+    trials): readers never see them, and under the driver lock nobody still writes them."""
+    from ltsearch.store import KINDS
 
-    study_dir.mkdir(parents=True, exist_ok=True)
-    with open(study_dir / LOCK_FILE, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise SpecError(
-                f"another ltsearch driver ({holder}) is running this study; wait for it to "
-                "finish or stop it, then `ltsearch resume` the directory",
-                file=str(study_dir),
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    for kind in KINDS:
+        for tmp in (study_dir / kind).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _resources(spec: StudySpec) -> dict[str, float]:
@@ -164,8 +153,10 @@ def run_study(
     t0 = time.perf_counter()
     if not resume:
         _write_spec(spec, study_dir)
-    with _driver_lock(study_dir):
+    with driver_lock(study_dir):
         repair_journal(study_dir)
+        _drop_temporaries(study_dir)
+        reconcile_journal(spec, study_dir)  # damaged parts: one line; lost journal: rebuilt
         storage = journal_storage(study_dir)
         plan = plan_study(spec, storage)
         where, stop = "nothing to run", None
@@ -211,6 +202,8 @@ def _fit(
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     # a failed trial is one progress line; its traceback is in parquet and its error.txt
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # a trial whose run failed reports the error instead of its metrics (trainable.py)
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; put it back after
     try:
         where = cluster.connect(address, cpus_needed=_cpus_needed(spec))
@@ -219,7 +212,7 @@ def _fit(
             raise KeyboardInterrupt from None
         raise
     signal.signal(signal.SIGTERM, sigterm)
-    stopper = StudyStopper()
+    stopper = StudyStopper(study_dir)
     try:
         printer = ProgressPrinter(spec, study_dir, enabled=progress, done_before=plan.finished)
         printer.header(where)
@@ -237,7 +230,9 @@ def _fit(
                 verbose=0,
                 stop=stopper,
                 callbacks=[printer, fail_fast],
-                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                failure_config=tune.FailureConfig(
+                    max_failures=spec.search.max_retries, fail_fast=False
+                ),
             ),
         )
         with Interrupts(stopper):  # after connect: ray.init sets its own SIGTERM

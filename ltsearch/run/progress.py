@@ -9,6 +9,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
 from ltsearch.spec.study import StudySpec
 
 
@@ -73,8 +74,11 @@ class ProgressPrinter(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
-        if not result:  # stopped by the study before it reported (see ltsearch.run.stopping)
+        if not result or STOP_KEY in result:  # stopped before it reported (run.stopping)
             self._print(f"[stopped] {_fmt_params(trial.config)}: left to `ltsearch resume`")
+            return
+        if ERROR_KEY in result:
+            self.on_trial_error(iteration, trials, trial)
             return
         self.done += 1
         label = _fmt_params(trial.config)
@@ -95,5 +99,13 @@ class ProgressPrinter(Callback):
         self.failed += 1
         self._print(
             f"[{self._count()}/{self.total}] {_fmt_params(trial.config)}: FAILED "
-            f"(error recorded in {self.study_dir}/trials)"
+            f"{(trial.last_result or {}).get(ERROR_KEY, '')} (error recorded in "
+            f"{self.study_dir}/trials)"
+        )
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        n = trial.run_metadata.num_failures
+        self._print(
+            f"[retry {n}] {_fmt_params(trial.config)}: its process died; starting it again "
+            "(stored seeds are read back, the seed in flight resumes from its checkpoint)"
         )

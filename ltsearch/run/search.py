@@ -109,13 +109,25 @@ def _adopting_search_cls() -> type:
                 self._ot_trials[trial_id] = Trial(study, self._adopt.pop(0))
             return super().suggest(trial_id)
 
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
+
+            if ERROR_KEY in result or STOP_KEY in result:  # no metrics: see on_trial_complete
+                return
+            super().on_trial_result(trial_id, result)
+
         def on_trial_complete(
             self, trial_id: str, result: dict | None = None, error: bool = False
         ) -> None:
+            from ltsearch.run.trainable import ERROR_KEY
+
+            if result and ERROR_KEY in result:  # a run failed (reported, not raised)
+                super().on_trial_complete(trial_id, result=None, error=True)
+                return
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
             if not error and not all((result or {}).get(m) is not None for m in metrics):
-                # stopped by the study (Ctrl-C, SIGTERM, a systematic error) before it
-                # reported: leave it RUNNING in the journal, so resume adopts and reruns it
+                # stopped by the study (Ctrl-C, SIGTERM, a systematic error, a full disk)
+                # before it reported: leave it RUNNING, so resume adopts and reruns it
                 self._completed_trials.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result=result, error=error)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from typing import Any
 from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
+from ltsearch.control import stop_requested
+from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
 from ltsearch.store import ResultStore
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\w.~-]*/)+[\w.<>-]*")
@@ -47,15 +50,21 @@ def error_signature(text: str) -> str:
 
 @dataclass
 class StopRequest:
-    reason: str  # "interrupted" or "systematic"
+    reason: str  # "interrupted", "systematic" or "storage" (the disk is full)
     message: str
 
 
 class StudyStopper(Stopper):
-    """Stops the whole study once :meth:`request` was called; never a single trial."""
+    """Stops the whole study once :meth:`request` was called, or once ``ltsearch stop``
+    asked for it through the study directory (:mod:`ltsearch.control`, polled at most once
+    a second); never a single trial."""
 
-    def __init__(self) -> None:
+    POLL_S = 1.0
+
+    def __init__(self, study_dir: Path | None = None) -> None:
         self.request_: StopRequest | None = None
+        self.study_dir = study_dir
+        self._polled = 0.0
 
     def request(self, reason: str, message: str) -> None:
         if self.request_ is None:  # the first reason wins
@@ -69,6 +78,19 @@ class StudyStopper(Stopper):
         return False
 
     def stop_all(self) -> bool:
+        if self.request_ is None and self.study_dir is not None:
+            now = time.monotonic()
+            if now - self._polled >= self.POLL_S:
+                self._polled = now
+                who = stop_requested(self.study_dir)
+                if who is not None:
+                    print(
+                        f"ltsearch: `ltsearch stop` received (from {who}); stopping the "
+                        "trials in flight (they stay resumable)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    self.request("interrupted", f"stopped by `ltsearch stop` from {who}")
         return self.request_ is not None
 
 
@@ -83,10 +105,22 @@ class FailFast(Callback):
         self.signatures: Counter[str] = Counter()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.last_result:
+        result = trial.last_result or {}
+        if STOP_KEY in result:
+            self.stopper.request(
+                "storage",
+                f"stopped: the storage is full ({result[STOP_KEY]}); free space, then "
+                f"`ltsearch resume {self.study_dir}` (the runs it cut short run again)",
+            )
+        elif ERROR_KEY in result:
+            self._failed(trial)
+        elif result:
             self.succeeded += 1
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._failed(trial)  # its process died more often than search.max_retries allows
+
+    def _failed(self, trial: Any) -> None:
         text, log = self._error_of(trial)
         sig = error_signature(text)
         self.signatures[sig] += 1

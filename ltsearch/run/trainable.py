@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -25,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ltmodels.engine.atomic import disk_full
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
 from ltsearch.provenance import run_metadata
@@ -130,15 +133,30 @@ def _flat_params(choice: Mapping[str, Any]) -> dict[str, Any]:
     return {f"param.{choice['loss']}.{k}": v for k, v in choice["loss_params"].items()}
 
 
+class RecordedFailure(RuntimeError):
+    """A (configuration, seed) whose failure is already in parquet: raised again instead
+    of running it again (a run is deterministic for its seed, so is its error)."""
+
+
 def _stored_metrics(store: ResultStore, chash: str, seed: int) -> dict[str, float] | None:
+    """The metrics of a stored ok run; ``None`` when none is stored.
+
+    Raises:
+        RecordedFailure: the run is stored as failed (a retry of its trial by Ray Tune
+            after its process died, or the driver's resume, reads the failure back).
+    """
     df = store.load_trials()
     if df.empty:
         return None
-    hit = df[(df["config_hash"] == chash) & (df["seed"] == seed) & (df["status"] == "ok")]
-    if hit.empty:
-        return None
-    row = hit.iloc[-1]
-    return {c: float(row[c]) for c in hit.columns if c.startswith(("bbox/", "segm/"))}
+    hit = df[(df["config_hash"] == chash) & (df["seed"] == seed)]
+    ok = hit[hit["status"] == "ok"]
+    if not ok.empty:
+        row = ok.iloc[-1]
+        return {c: float(row[c]) for c in ok.columns if c.startswith(("bbox/", "segm/"))}
+    if not hit.empty:
+        error = str(hit.iloc[-1].get("error") or "unknown error")
+        raise RecordedFailure(f"seed {seed} failed before: {error.strip().splitlines()[0]}")
+    return None
 
 
 def run_seed(
@@ -174,16 +192,24 @@ def run_seed(
         "started_at": started,
         **run_metadata(),
     }
-    try:
-        result = execute(cfg, workdir=workdir, resources=spec.resources)
-    except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
-        row.update(
+
+    def record_failure(error: str) -> None:
+        failed = dict(row)
+        failed.update(
             status="failed",
-            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}",
+            error=error,
             time_total_s=time.perf_counter() - t0,
             finished_at=datetime.now(timezone.utc).isoformat(),
         )
-        store.write_trial(row)
+        store.write_trial(failed)
+
+    try:
+        with Watchdog(spec.search.trial_timeout, record_failure):
+            result = execute(cfg, workdir=workdir, resources=spec.resources)
+    except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
+        if disk_full(exc):  # not the run's fault: no row, so `resume` runs it again
+            raise
+        record_failure(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         raise
     row.update(
         status="ok",
@@ -197,6 +223,57 @@ def run_seed(
     store.write_categories(chash, seed, result.categories)
     store.write_trial(row)  # last: its presence means the seed is complete
     return dict(result.metrics)
+
+
+ERROR_KEY = "ltsearch_error"  # a trial's result when one of its runs failed
+STOP_KEY = "ltsearch_stop"  # ... when the storage is full: the study stops, resumable
+
+
+def first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
+
+
+TIMEOUT_EXIT = 124  # the exit status of a run ended by search.trial_timeout (as timeout(1))
+
+
+class Watchdog:
+    """Ends a (configuration, seed) run that outlives ``search.trial_timeout``.
+
+    A hung run (a deadlock in a collective, a read from a dead mount) cannot be interrupted
+    from Python, so after ``timeout`` seconds the watchdog records the run as failed
+    (``TrialTimeout`` in its row) and ends the whole trial process with exit status
+    :data:`TIMEOUT_EXIT`. Ray Tune sees the process die and retries the trial
+    (``search.max_retries``); the retry reads the recorded failure back
+    (:class:`RecordedFailure`) instead of running the seed again, so the study goes on.
+    """
+
+    def __init__(self, timeout: float | None, record: Callable[[str], None]) -> None:
+        self.timeout = timeout
+        self.record = record
+        self._timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        try:
+            self.record(
+                f"TrialTimeout: the run took longer than search.trial_timeout = "
+                f"{self.timeout:g} s and was ended; raise the limit if it is expected to "
+                "take that long"
+            )
+        finally:
+            print(f"ltsearch: run ended after {self.timeout:g} s (search.trial_timeout)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            os._exit(TIMEOUT_EXIT)
+
+    def __enter__(self) -> Watchdog:
+        if self.timeout is not None:
+            self._timer = threading.Timer(self.timeout, self._fire)
+            self._timer.daemon = True
+            self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _prefixed(choice: Mapping[str, Any]) -> dict[str, Any]:
@@ -253,17 +330,32 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
         spec = ctx.study()
         choice = params_to_config(config)
         tid = tune.get_context().get_trial_id() or "local"
-        per_seed = [
-            run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=execute)
-            for seed in spec.search.seeds
-        ]
+        per_seed = []
+        try:
+            for seed in spec.search.seeds:
+                per_seed.append(
+                    run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=execute)
+                )
+        except Exception as exc:  # its failed row is written (run_seed)
+            # reported, not raised: Ray Tune would retry a raised error as if the process
+            # had died (search.max_retries); a run's own error is final for its seed
+            full = disk_full(exc)
+            if full:
+                tune.report({STOP_KEY: full, "seeds_done": 0})
+            else:
+                tune.report({ERROR_KEY: first_line(f"{type(exc).__name__}: {exc}")})
+            return
         tune.report({**mean_metrics(per_seed), "seeds_done": len(per_seed)})
 
     return trial_fn
 
 
 __all__ = [
+    "ERROR_KEY",
+    "RecordedFailure",
+    "STOP_KEY",
     "StudyContext",
+    "Watchdog",
     "execute_trial",
     "make_trial_fn",
     "mean_metrics",

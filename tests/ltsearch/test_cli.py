@@ -8,6 +8,8 @@ root, which already holds another study's directory, stays byte-identical).
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from typing import Any
 import pytest
 
 from ltsearch.cli import main
+from ltsearch.control import driver_lock
 from ltsearch.run import driver as runner
 from ltsearch.spec.study import load_spec
 from ltsearch.study_dir import JOURNAL_FILE
@@ -242,9 +245,11 @@ def test_a_second_driver_of_one_study_is_refused(
 ) -> None:
     study = write(tmp_path, VALID, "same.yaml")
     study_dir = storage / "cli-check"
-    with runner._driver_lock(study_dir):
+    with driver_lock(study_dir) as holder:
         rc, _, err = run_cli(capsys, "run", str(study), "--storage", str(storage), "--no-report")
         assert_one_line_error(rc, err, str(study_dir), "another ltsearch driver", "running")
+        who = f"pid {os.getpid()} on {socket.gethostname()}, started {holder.started_at}"
+        assert who in err, err
         rc, _, err = run_cli(capsys, "resume", str(study_dir), "--no-report")
         assert_one_line_error(rc, err, "another ltsearch driver")
 
