@@ -1,0 +1,442 @@
+"""Node loss and token authentication on a real two-node Ray cluster (issue 17, sections 8
+and 10).
+
+A head (``ray start --head --num-cpus 1``, no dashboard) and a worker node (``ray start
+--address ... --num-cpus 2``), each with a private ``--temp-dir``, both with
+``RAY_AUTH_MODE=token`` and a random ``RAY_AUTH_TOKEN`` made for this module (never
+``~/.ray/auth_token``). Each node is a ``ray start --block`` child of the test (see
+:class:`Cluster`). ``ray stop`` is never used: the nodes are stopped by the processes whose
+command line names their temp dir (``tests/ltsearch/conftest.py``).
+
+- Node loss: ``ltsearch run --address <head>`` runs a study of 4 configurations x 2 seeds,
+  two trials at a time; the head's one CPU cannot hold both, so at least one trial runs on
+  the worker node. Once a trial runs there and a row is stored, the worker node's raylet
+  is SIGKILLed (its ``ray start --block`` takes the rest of the node down; its workers die
+  with the raylet). Once they are dead a replacement node (a new temp dir, 2 CPUs) joins:
+  without it the head's one CPU would run the rest one trial at a time on a 2-core machine.
+  Each trial that was on the lost node must be seen running again on a live node (the
+  head or the replacement, never the dead raylet: the trial was rescheduled, not revived),
+  and the study must end with every (configuration, seed) once, ok, with the metrics of
+  the same study run without a fault on a local Ray (run alongside).
+- Token: while the study runs, clients without the token (no ``RAY_AUTH_*`` variables, a
+  ``HOME`` without ``.ray/auth_token``) and with a wrong token try to join, through the CLI
+  and through ``ray.init``; each is refused. The same ``ray.init`` with the token joins.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faultkit
+import pytest
+from records import record
+
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location(
+    "_ltsearch_ray_nodes", REPO / "tests" / "ltsearch" / "conftest.py"
+)
+assert _spec is not None and _spec.loader is not None
+nodes_kit = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(nodes_kit)  # ray_env, free_port, stop_node, _pids_of, RAY
+
+NAME = "nodeloss"
+STUDY = f"""\
+name: {NAME}
+dataset: {faultkit.DATASET}
+model: {{backbone: tiny, masks: true}}
+training: {{schedule: end_to_end, epochs: 3, lr: 0.02, batch_size: 4, warmup_iters: 4}}
+loss: {{name: acsl, params: {{xi: {{grid: [0.1, 0.3, 0.5, 0.7]}}}}}}
+search: {{sampler: grid, objectives: [bbox/AP:max], seeds: [0, 1]}}
+resources: {{workers: 1, cpus_per_worker: 1, max_concurrent_trials: 2}}
+storage: results
+"""
+CONFIGS, SEEDS = 4, 2
+AUTH_VARS = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+INIT = (
+    "import sys, ray; ray.init(address=sys.argv[1]); print('CPUS', ray.cluster_resources()['CPU'])"
+)
+
+
+# --- processes --------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _trial_actors(temp_dir: str) -> set[int]:
+    """Tune trial processes (``ray::ImplicitFunc``) of the node started with ``temp_dir``."""
+    return {pid for pid in nodes_kit._pids_of(temp_dir) if b"ray::ImplicitFunc" in _cmdline(pid)}
+
+
+def _trials_on(temp_dir: str) -> dict[int, str]:
+    """``{pid: trial}`` of the Tune trials running on a node: Tune runs a trial in its own
+    working directory (named after the trial), also in a reused actor."""
+    out = {}
+    for pid in _trial_actors(temp_dir):
+        try:
+            cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        except OSError:
+            continue
+        if cwd != REPO:  # an actor not yet given a trial stays where its node started
+            out[pid] = cwd.name
+    return out
+
+
+@dataclass
+class Placement:
+    """Where each trial was seen running, sampled by :meth:`look`."""
+
+    nodes: dict[str, str]  # name -> temp dir
+    seen: dict[str, dict[str, float]] = field(default_factory=dict)  # node -> trial -> time
+
+    def look(self) -> dict[str, dict[int, str]]:
+        now = time.monotonic()
+        running = {node: _trials_on(temp) for node, temp in self.nodes.items()}
+        for node, trials in running.items():
+            for trial in trials.values():
+                self.seen.setdefault(node, {}).setdefault(trial, now)
+        return running
+
+
+def _raylet(temp_dir: str) -> int:
+    pids = [
+        pid
+        for pid in nodes_kit._pids_of(temp_dir)
+        if _cmdline(pid).split(b"\0")[0].endswith(b"/raylet")
+    ]
+    assert len(pids) == 1, f"raylet of {temp_dir}: {pids}"
+    return pids[0]
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if _cmdline(pid)}
+
+
+def _start(args: list[str], *, cwd: Path, env: dict[str, str], logs: Path) -> faultkit.Proc:
+    """``args`` in the background with ``env``; output to files under ``logs``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    n = len(list(logs.glob("cmd-*.out")))
+    out, err = logs / f"cmd-{n}.out", logs / f"cmd-{n}.err"
+    popen = subprocess.Popen(
+        args, cwd=cwd, env=env,
+        stdout=open(out, "wb"), stderr=open(err, "wb"),  # noqa: SIM115 (the child owns them)
+    )  # fmt: skip
+    return faultkit.Proc(popen, out, err, time.monotonic())
+
+
+# --- the cluster ------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    """Ray nodes started with ``ray start --block``: the ``ray start`` process stays the
+    parent of the node's daemons, so no other test's orphan reaper (``faultkit.reap_orphans``
+    kills Ray processes whose parent is gone) takes them for leftovers, and a node whose
+    raylet dies is torn down by its own ``ray start``, as on a real machine."""
+
+    root: Path
+    env: dict[str, str]
+    token: str
+    gcs_port: int = 0
+    temp_dirs: list[str] = field(default_factory=list)
+    starters: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    probes: dict[str, faultkit.Proc] = field(default_factory=dict)
+    up_s: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def head_temp(self) -> str:
+        return self.temp_dirs[0]
+
+    @property
+    def worker_temp(self) -> str:
+        return self.temp_dirs[1]
+
+    def start_node(self, args: list[str], timeout: float = 180) -> None:
+        n = len(self.temp_dirs)
+        temp = str(self.root / f"n{n}")  # short: socket paths <= 107 bytes
+        self.temp_dirs.append(temp)
+        free = nodes_kit.free_port
+        ports = [
+            "--dashboard-agent-listen-port", str(free()),
+            "--metrics-export-port", str(free()),
+            "--runtime-env-agent-port", str(free()),
+        ]  # fmt: skip
+        log = self.root / f"node{n}.log"
+        starter = subprocess.Popen(
+            [nodes_kit.RAY, "start", "--block", "--temp-dir", temp, *ports, *args],
+            env=self.env, cwd=REPO, stdout=open(log, "wb"),  # noqa: SIM115 (the child owns it)
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.starters.append(starter)
+        deadline = time.monotonic() + timeout
+        while "Ray runtime started" not in log.read_text(errors="replace"):
+            if starter.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"ray start {args}:\n{log.read_text(errors='replace')}")
+            time.sleep(0.2)
+
+    def start_head(self, *, num_cpus: int) -> None:
+        self.gcs_port = nodes_kit.free_port()
+        self.start_node([
+            "--head", "--port", str(self.gcs_port), "--num-cpus", str(num_cpus),
+            "--disable-usage-stats", "--ray-client-server-port", str(nodes_kit.free_port()),
+            "--include-dashboard", "false",
+        ])  # fmt: skip
+
+    def add_worker(self, *, num_cpus: int) -> None:
+        self.start_node(["--address", self.address, "--num-cpus", str(num_cpus)])
+
+    def stop(self) -> None:
+        for p in self.probes.values():
+            if p.alive():
+                p.popen.kill()
+                p.popen.wait()
+        for temp in reversed(self.temp_dirs):
+            nodes_kit.stop_node(temp)
+        for starter in self.starters:
+            if starter.poll() is None:
+                starter.kill()
+            starter.wait()
+
+
+def _without_token(env: dict[str, str], home: Path) -> dict[str, str]:
+    env = {k: v for k, v in env.items() if k not in AUTH_VARS}
+    env["HOME"] = str(home)  # no ~/.ray/auth_token to fall back on
+    return env
+
+
+def _start_probes(cluster: Cluster, data: Path) -> None:
+    """Clients that try to join the cluster, in the background (each refused one retries
+    for ~20 s before it gives up, so they run while the study does)."""
+    home = cluster.root / "home"
+    home.mkdir()
+    assert not (home / ".ray" / "auth_token").exists()
+    good = dict(cluster.env)
+    wrong = dict(good, RAY_AUTH_TOKEN=secrets.token_hex(32))
+    none = _without_token(good, home)
+    ltsearch = str(nodes_kit.VENV_BIN / "ltsearch")
+    for label, env in (("cli without token", none), ("cli wrong token", wrong)):
+        project = cluster.root / label.replace(" ", "-")
+        project.mkdir()
+        (project / "data").symlink_to(data)
+        (project / "study.yaml").write_text(STUDY)
+        args = [ltsearch, "run", "study.yaml", "--address", cluster.address, "--no-report"]
+        cluster.probes[label] = _start(args, cwd=project, env=env, logs=project)
+    for label, env in (
+        ("ray.init without token", none),
+        ("ray.init wrong token", wrong),
+        ("ray.init with token", good),
+    ):
+        logs = cluster.root / label.replace(" ", "-").replace(".", "_")
+        args = [sys.executable, "-c", INIT, cluster.address]
+        cluster.probes[label] = _start(args, cwd=cluster.root, env=env, logs=logs)
+
+
+def _wait_two_nodes(cluster: Cluster, timeout: float = 120) -> None:
+    deadline, last = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        p = subprocess.run(
+            [nodes_kit.RAY, "status", "--address", cluster.address],
+            env=dict(cluster.env), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        last = p.stdout + p.stderr
+        if p.returncode == 0 and last.count(" node_") == 2:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"two alive nodes within {timeout:.0f} s; last answer:\n{last}")
+
+
+@pytest.fixture(scope="module")
+def cluster(fault_data: Path) -> Iterator[Cluster]:
+    """Token-auth head (1 CPU) + worker node (2 CPUs); the token probes started. Every
+    node and probe is stopped at the end, whatever happened."""
+    root = Path(f"/tmp/ltnl{os.getpid()}_{nodes_kit.free_port()}")  # short: socket paths
+    root.mkdir()
+    env = nodes_kit.ray_env()
+    for k in AUTH_VARS:
+        env.pop(k, None)
+    token = secrets.token_hex(32)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0")
+    c = Cluster(root, env, token)
+    try:
+        t0 = time.monotonic()
+        c.start_head(num_cpus=1)
+        c.add_worker(num_cpus=2)
+        _wait_two_nodes(c)
+        c.up_s = time.monotonic() - t0
+        _start_probes(c, fault_data)
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# --- node loss --------------------------------------------------------------------------
+
+
+def _rows(study: Path) -> int:
+    return len(list((study / "trials").glob("*.parquet")))
+
+
+def test_a_lost_node_s_trials_are_rescheduled_and_the_study_completes(
+    cluster: Cluster, fault_data: Path, tmp_path: Path
+) -> None:
+    t0 = time.monotonic()
+    ref_project = faultkit.new_project(fault_data, tmp_path / "local", **{NAME: STUDY})
+    project = faultkit.new_project(fault_data, tmp_path / "cluster", **{NAME: STUDY})
+    ltsearch = str(nodes_kit.VENV_BIN / "ltsearch")
+    # the uninterrupted reference on a local Ray, alongside (deterministic per seed)
+    ref = faultkit.start("run", f"{NAME}.yaml", "--no-report", cwd=ref_project)
+    args = [ltsearch, "run", f"{NAME}.yaml", "--address", cluster.address, "--no-report"]
+    proc = _start(args, cwd=project, env=dict(cluster.env), logs=tmp_path / "logs")
+    study = project / "results" / NAME
+    try:
+        where = Placement({"head": cluster.head_temp, "worker": cluster.worker_temp})
+
+        def fault_point() -> dict[str, dict[int, str]] | None:
+            running = where.look()
+            return running if running["worker"] and _rows(study) >= 1 else None
+
+        at_kill = faultkit.wait_for(fault_point, proc, timeout=400, poll=0.1)
+        rows_before = _rows(study)
+        raylet = _raylet(cluster.worker_temp)
+        t_kill = time.monotonic()
+        os.kill(raylet, signal.SIGKILL)
+        # the node's trial processes die with it
+        gone = set(at_kill["worker"])
+        faultkit.wait_for(lambda: not _alive(gone), proc, timeout=120, poll=0.1)
+        worker_gone_s = time.monotonic() - t_kill
+        # a replacement machine joins (the head's one CPU alone would run the rest serially)
+        cluster.add_worker(num_cpus=2)
+        where.nodes = {"head": cluster.head_temp, "replacement": cluster.temp_dirs[2]}
+        after: dict[str, tuple[str, float]] = {}  # trial -> (node, first seen after the kill)
+        t_ref = None
+        while proc.alive():
+            for node, trials in where.look().items():
+                for trial in trials.values():
+                    after.setdefault(trial, (node, time.monotonic() - t_kill))
+            if t_ref is None and not ref.alive():
+                t_ref = time.monotonic()
+            time.sleep(0.2)
+        rc = proc.wait(600)
+        t_done = time.monotonic()
+        ref_rc = ref.wait(600)
+    finally:
+        for p in (proc, ref):
+            if p.alive():
+                p.popen.kill()
+                p.popen.wait()
+    out, err = proc.text()
+    assert rc == 0, proc.describe()
+    assert ref_rc == 0, ref.describe()
+    assert f"on ray cluster at {cluster.address}" in out + err, proc.describe()
+    # every (configuration, seed) once, ok, equal to the local run; the journal complete
+    rows = faultkit.read_rows(study)
+    assert len(rows) == CONFIGS * SEEDS, (rows[["param.acsl.xi", "seed", "status"]], out[-3000:])
+    assert (rows["status"] == "ok").all(), rows[["config_hash", "seed", "status"]]
+    assert not rows.duplicated(["config_hash", "seed"]).any(), rows[["config_hash", "seed"]]
+    assert sorted(rows["param.acsl.xi"].round(6).unique()) == [0.1, 0.3, 0.5, 0.7]
+    cmp = faultkit.compare(study, ref_project / "results" / NAME)
+    assert cmp.rows_compared == CONFIGS * SEEDS and not cmp.problems(), cmp
+    assert faultkit.journal_states(study, NAME) == ["COMPLETE"] * CONFIGS
+    # the lost node's trials were retried, and ran again on a live node
+    retries = [line for line in out.splitlines() if line.startswith("[retry")]
+    assert retries, proc.describe()
+    lost_trials = sorted(set(at_kill["worker"].values()))
+    moved = {t: after[t] for t in lost_trials if t in after}
+    assert sorted(moved) == lost_trials, (
+        f"trials on the lost node {lost_trials}; seen on live nodes after the kill {after}"
+    )
+
+    first_moved = min(t for _, t in moved.values())
+    print(
+        f"node loss: cluster up {cluster.up_s:.1f} s (module setup); kill at "
+        f"{t_kill - t0:.1f} s, {rows_before} row(s) stored, trials running: {at_kill}; "
+        f"worker's trial processes dead {worker_gone_s:.1f} s after the kill; lost trials "
+        f"(node, s after the kill): {moved}; study done {t_done - t_kill:.1f} s after "
+        f"the kill; local reference done at "
+        f"{'(after the study)' if t_ref is None else f'{t_ref - t0:.1f} s'}; "
+        f"test {time.monotonic() - t0:.1f} s"
+    )
+    print("seen (s from start):", {
+        node: {t: round(v - t0, 1) for t, v in trials.items()}
+        for node, trials in where.seen.items()
+    })  # fmt: skip
+    print("\n".join(retries))
+    record(
+        "node loss",
+        group="node loss",
+        injected=f"SIGKILL of the worker node's raylet (2-node token-auth cluster, "
+        f"{len(lost_trials)} trial(s) running there, {rows_before} of 8 rows stored); "
+        "a replacement node joins once they are dead",
+        promised="the lost node's trials are retried on live nodes (stored seeds "
+        "read back, the seed in flight resumes from its checkpoint); the study completes, "
+        "every (configuration, seed) once with the metrics of an unfaulted local run",
+        observed=f"{len(retries)} retry line(s); the {len(lost_trials)} lost trial(s) ran "
+        f"again on {sorted({n for n, _ in moved.values()})} {first_moved:.0f} s after the "
+        "kill; driver exit 0; "
+        f"{cmp.rows_compared} rows equal to the local run; journal 4 COMPLETE",
+        recover_s=round(t_done - t_kill, 1),
+        rescheduled_s=round(first_moved, 1),
+        **cmp.figures(),
+    )
+
+
+# --- token ------------------------------------------------------------------------------
+
+
+def test_a_client_without_the_cluster_s_token_is_refused(cluster: Cluster) -> None:
+    results = {}
+    for label, p in cluster.probes.items():
+        rc = p.wait(300)
+        out, err = p.text()
+        results[label] = (rc, out, err)
+    address = cluster.address
+    for label in ("cli without token", "cli wrong token"):
+        rc, out, err = results[label]
+        lines = err.strip().splitlines()
+        assert rc == 2, (label, cluster.probes[label].describe())
+        assert lines and lines[-1].startswith(
+            f"ltsearch: error: cannot join the Ray cluster at {address} ("
+        ), (label, cluster.probes[label].describe())
+        assert "InvalidAuthToken" in err, (label, cluster.probes[label].describe())
+        assert not list((cluster.root / label.replace(" ", "-")).glob("results/*/trials/*"))
+    for label in ("ray.init without token", "ray.init wrong token"):
+        rc, out, err = results[label]
+        assert rc != 0 and "CPUS" not in out, (label, cluster.probes[label].describe())
+        assert "ConnectionError: Failed to connect to Ray cluster" in err, label
+        assert "AuthenticationError" in err and "InvalidAuthToken" in err, label
+    rc, out, err = results["ray.init with token"]
+    assert rc == 0 and "CPUS" in out, cluster.probes["ray.init with token"].describe()
+    cli_line = results["cli without token"][2].strip().splitlines()[-1]
+    print(cli_line)
+    record(
+        "client without the token",
+        group="security",
+        injected="clients joining a token-auth cluster: ltsearch run --address and ray.init "
+        "with no RAY_AUTH_* variables and no ~/.ray/auth_token, and with a wrong token",
+        promised="refused: the CLI exits 2 with one line naming the cluster and the token; "
+        "ray.init raises; the same ray.init with the token joins",
+        observed=f"4 refused (InvalidAuthToken), 1 with the token joined; CLI: {cli_line[:160]}",
+        clients_refused=4,
+        clients_admitted=1,
+    )
