@@ -63,7 +63,7 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
         try:
             ray.init(address=address, log_to_driver=True)
         except (ConnectionError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+            first = _cause_line(exc)
             raise ClusterError(
                 f"cannot join the Ray cluster at {address} ({first[:300]}); check the address "
                 "(`ray status --address ...`) and, if the cluster uses token authentication, "
@@ -74,6 +74,21 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
     cpus = max(LOCAL_MIN_CPUS, int(cpus_needed + 0.999), os.cpu_count() or 1)
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
     return f"local ray ({cpus} logical CPUs)"
+
+
+def _cause_line(exc: BaseException) -> str:
+    """The line that says why joining failed: an authentication error Ray raises under its
+    ConnectionError ("InvalidAuthToken: ... missing or incorrect") rather than the generic
+    "Failed to connect" on top of it."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            break
+        if "auth" in type(seen).__name__.lower() or "InvalidAuthToken" in str(seen):
+            text = " ".join(str(seen).split())
+            return f"{type(seen).__name__}: {text}"
+        seen = seen.__cause__ or seen.__context__
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
 
 
 def shutdown() -> None:
