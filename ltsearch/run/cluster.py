@@ -16,6 +16,7 @@ is respected).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from ltmodels.errors import LTUserError
@@ -76,17 +77,22 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
     return f"local ray ({cpus} logical CPUs)"
 
 
+_AUTH = re.compile(r"(?:Unauthenticated|InvalidAuthToken)[^\n.;]*")
+
+
 def _cause_line(exc: BaseException) -> str:
-    """The line that says why joining failed: an authentication error Ray raises under its
-    ConnectionError ("InvalidAuthToken: ... missing or incorrect") rather than the generic
-    "Failed to connect" on top of it."""
+    """The line that says why joining failed: Ray buries an authentication refusal ("...
+    InvalidAuthToken: Authentication token is missing or incorrect") inside a long
+    ConnectionError or RuntimeError, or raises it as their cause."""
     seen: BaseException | None = exc
     for _ in range(5):
         if seen is None:
             break
-        if "auth" in type(seen).__name__.lower() or "InvalidAuthToken" in str(seen):
-            text = " ".join(str(seen).split())
-            return f"{type(seen).__name__}: {text}"
+        found = _AUTH.search(str(seen))
+        if found:
+            return f"authentication refused: {found.group(0).strip()}"
+        if "auth" in type(seen).__name__.lower():
+            return f"{type(seen).__name__}: {(str(seen).strip().splitlines() or [''])[0]}"
         seen = seen.__cause__ or seen.__context__
     return (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
 

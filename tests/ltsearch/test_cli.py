@@ -308,3 +308,28 @@ def test_storage_that_cannot_hold_results_is_one_line_before_ray(
     assert_one_line_error(rc, err, str(path), "storage: ", why, "--storage DIR")
     assert out == "" and blocker.read_text() == "keep me\n"
     assert not [p for p in tmp_path.rglob(".ltsearch-probe-*")]
+
+
+def test_a_refused_token_is_named_in_the_cluster_error() -> None:
+    """Ray buries the refusal in a long message, or raises it as the cause of a generic
+    ConnectionError; the one line ltsearch prints names it either way."""
+    from ltsearch.run.cluster import _cause_line
+
+    buried = RuntimeError(
+        "Failed to connect to GCS. Last connection error: " + "x" * 400 + "\nUnauthenticated: "
+        "RPC error: InvalidAuthToken: Authentication token is missing or incorrect. more"
+    )
+    assert _cause_line(buried) == (
+        "authentication refused: Unauthenticated: RPC error: InvalidAuthToken: "
+        "Authentication token is missing or incorrect"
+    )
+    try:
+        try:
+            raise PermissionError("RPC error: InvalidAuthToken: token is missing or incorrect.")
+        except PermissionError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as exc:
+        assert "InvalidAuthToken: token is missing or incorrect" in _cause_line(exc)
+    assert _cause_line(ConnectionError("Failed to connect\nno route to host")) == (
+        "no route to host"
+    )
