@@ -192,20 +192,39 @@ def drop_one_seed(project: Path) -> None:
         (study_dir(project) / kind / victim).unlink()
 
 
-def test_a_bit_flipped_stage1_checkpoint_is_retrained(finished: Path, tmp_path: Path) -> None:
+def _flip_and_resume(
+    finished: Path, tmp_path: Path, pattern: str
+) -> tuple[Path, Ran, dict[str, float]]:
+    """Flip one bit mid-file in the one cached file matching ``pattern`` (under
+    ``results/_cache``), drop one (configuration, seed) so that resume runs a trial on the
+    cache, resume, and check the study; returns the file, the resume and the figures."""
     project = copy_of(finished, tmp_path)
     before = rows_of(project)
-    [weights] = (project / "results" / "_cache" / "stage1").glob("*/model.pt")
-    flip_bit(weights, weights.stat().st_size // 2)
+    [damaged] = (project / "results" / "_cache").glob(pattern)
+    flip_bit(damaged, damaged.stat().st_size // 2)
     drop_one_seed(project)
     ran, recover_s = resume(project)
     assert ran.rc == 0, ran.describe()
-    assert f"{weights}: damaged checkpoint" in ran.out and "training stage 1" in ran.out
-    # the cache was built from the old weights: it names them, so it is rebuilt too
-    assert "stale cache: source_sha256" in ran.out, ran.describe()
     after = rows_of(project)
     problems = check_results(study_dir(project), name=NAME, trials=CONFIGURATIONS, seeds=SEEDS)
     assert after == before and not problems, problems
+    return (
+        damaged,
+        ran,
+        {
+            "rows_compared": len(before),
+            "rows_lost": len(set(before) - set(after)),
+            "rows_duplicated": len(after) - len(set(after)),
+            "recover_s": round(recover_s, 1),
+        },
+    )
+
+
+def test_a_bit_flipped_stage1_checkpoint_is_retrained(finished: Path, tmp_path: Path) -> None:
+    weights, ran, figures = _flip_and_resume(finished, tmp_path, "stage1/*/model.pt")
+    assert f"{weights}: damaged checkpoint" in ran.out and "training stage 1" in ran.out
+    # the cache was built from the old weights: it names them, so it is rebuilt too
+    assert "stale cache: source_sha256" in ran.out, ran.describe()
     record(
         case="stage-1 checkpoint, bit flipped",
         group=GROUP,
@@ -215,26 +234,14 @@ def test_a_bit_flipped_stage1_checkpoint_is_retrained(finished: Path, tmp_path: 
         "the old weights rebuilt",
         observed="resume logged the damaged checkpoint, retrained stage 1, rebuilt the stale "
         "cache and stored the seed",
-        rows_compared=len(before),
-        rows_lost=len(set(before) - set(after)),
-        rows_duplicated=len(after) - len(set(after)),
-        recover_s=round(recover_s, 1),
+        **figures,
     )
 
 
 def test_a_bit_flipped_feature_cache_shard_is_rebuilt(finished: Path, tmp_path: Path) -> None:
-    project = copy_of(finished, tmp_path)
-    before = rows_of(project)
-    [features] = (project / "results" / "_cache" / "features").glob("*/train/features.bin")
-    flip_bit(features, features.stat().st_size // 2)
-    drop_one_seed(project)
-    ran, recover_s = resume(project)
-    assert ran.rc == 0, ran.describe()
+    _, ran, figures = _flip_and_resume(finished, tmp_path, "features/*/train/features.bin")
     assert "features.bin does not match its sha256); rebuilding" in ran.out, ran.describe()
     assert "damaged checkpoint" not in ran.out and "stage 1 (ce): epoch" not in ran.out
-    after = rows_of(project)
-    problems = check_results(study_dir(project), name=NAME, trials=CONFIGURATIONS, seeds=SEEDS)
-    assert after == before and not problems, problems
     record(
         case="feature-cache shard, bit flipped",
         group=GROUP,
@@ -244,8 +251,5 @@ def test_a_bit_flipped_feature_cache_shard_is_rebuilt(finished: Path, tmp_path: 
         "rebuilt (one log line)",
         observed="resume logged the unusable cache, rebuilt it (stage 1 reused) and stored "
         "the seed",
-        rows_compared=len(before),
-        rows_lost=len(set(before) - set(after)),
-        rows_duplicated=len(after) - len(set(after)),
-        recover_s=round(recover_s, 1),
+        **figures,
     )
