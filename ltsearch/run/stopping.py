@@ -28,7 +28,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from ltsearch.control import stop_requested
-from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
+from ltsearch.run.trainable import ERROR_KEY, STOP_KEY, first_line
 from ltsearch.store import ResultStore
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\w.~-]*/)+[\w.<>-]*")
@@ -36,14 +36,10 @@ _HEX = re.compile(r"\b[0-9a-f]{8,}\b")
 _NUM = re.compile(r"[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?", re.IGNORECASE)
 
 
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
-
-
 def error_signature(text: str) -> str:
     """The first line of an error (``Type: message``) with paths, hashes and numbers
     masked: two trials that failed for the same reason have the same signature."""
-    first = _PATH.sub("<path>", _first_line(text))
+    first = _PATH.sub("<path>", first_line(text))
     first = _HEX.sub("<hash>", first)
     return _NUM.sub("<n>", first)
 
@@ -128,7 +124,7 @@ class FailFast(Callback):
             self.stopper.request(
                 "systematic",
                 f"stopped: the first {self.signatures[sig]} trials failed with the same error "
-                f"(search.max_failures: {self.max_failures}):\n  {_first_line(text)}\n"
+                f"(search.max_failures: {self.max_failures}):\n  {first_line(text)}\n"
                 f"  trial log: {log}",
             )
 

@@ -230,6 +230,7 @@ STOP_KEY = "ltsearch_stop"  # ... when the storage is full: the study stops, res
 
 
 def first_line(text: str) -> str:
+    """The first non-blank line of an error text, stripped ("unknown error" if none)."""
     return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
 
 
