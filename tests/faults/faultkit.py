@@ -299,6 +299,63 @@ def ray_processes() -> dict[int, int]:
 AGENTS = (b"ray::DashboardAgent", b"ray::RuntimeEnvAgent")
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (children, their children, ...)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parent.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def kill_driver(proc: Proc, *, tree: bool = False, timeout: float = 60) -> tuple[float, float]:
+    """SIGKILL the driver ``proc`` (``tree``: and every process it started, at the same
+    instant, as when its machine dies), then wait until the processes it had started (Ray's
+    node and its trial workers, which die with it, but up to a few seconds later) are gone,
+    so that what the case then reads is what a resume will find. Returns (time of the kill,
+    seconds the last of them outlived the driver). Ray's dashboard agents, which outlive a
+    SIGKILLed local driver, are left to :func:`reap_orphans`."""
+    below = {p for p in descendants(proc.pid) if not _is_agent(p)}
+    for pid in sorted(below) if tree else []:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    proc.wait(60)
+    assert proc.popen.returncode == -signal.SIGKILL
+    while any(_running(p) for p in below):
+        if time.monotonic() - killed > timeout:
+            alive = sorted(p for p in below if _running(p))
+            raise AssertionError(f"processes of the killed driver still alive: {alive}")
+        time.sleep(0.05)
+    return killed, time.monotonic() - killed
+
+
+def _is_agent(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(AGENTS)
+    except OSError:
+        return False
+
+
 def reap_orphans(before: dict[int, int]) -> int:
     """Kill Ray's dashboard and runtime-env agents started since ``before`` whose parent is
     gone (a SIGKILLed local driver leaves them behind); returns how many. Nothing else: a
@@ -326,7 +383,8 @@ def read_rows(study_dir: Path) -> pd.DataFrame:
 
 
 __all__ = [
-    "DECOUPLED", "END_TO_END", "Comparison", "Proc", "compare", "fault_env", "hidden_temporaries",
+    "DECOUPLED", "END_TO_END", "Comparison", "Proc", "compare", "descendants", "fault_env",
+    "hidden_temporaries", "kill_driver",
     "journal_states", "make_data", "new_project", "parts", "ray_processes", "read_rows",
     "reap_orphans", "run", "start", "wait_for",
 ]  # fmt: skip

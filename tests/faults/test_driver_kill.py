@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -31,11 +30,10 @@ def _project(fault_data: Path, tmp_path: Path, cache_from: Path | None = None) -
     return faultkit.new_project(fault_data, tmp_path / "project", cache_from=cache_from)
 
 
-def _kill(proc: faultkit.Proc) -> float:
-    proc.signal(signal.SIGKILL)
-    proc.wait(60)
-    assert proc.popen.returncode == -signal.SIGKILL
-    return time.monotonic()
+def _kill(proc: faultkit.Proc, *, tree: bool = False) -> float:
+    """SIGKILL the driver (``tree``: with its Ray node and trial worker, whose work would
+    otherwise go on for the seconds they outlive it); returns once they have all died."""
+    return faultkit.kill_driver(proc, tree=tree)[0]
 
 
 def _resume(project: Path) -> tuple[str, float]:
@@ -68,7 +66,7 @@ def test_kill_during_stage1_resumes_from_its_last_epoch(
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project)
     stage1 = faultkit.wait_for(lambda: _stage1_dir(project), proc, timeout=300)
     time.sleep(1.5)  # into the next epoch
-    killed = _kill(proc)
+    killed = _kill(proc, tree=True)
     assert not (stage1 / "model.pt").exists(), "killed after stage 1 had finished"
     done = int(torch.load(stage1 / "train.pt", weights_only=True)["epoch"])
     assert 1 <= done < STAGE1_EPOCHS, done
@@ -81,8 +79,8 @@ def test_kill_during_stage1_resumes_from_its_last_epoch(
     record(
         "driver SIGKILL during stage-1 training",
         group="driver kill",
-        injected=f"SIGKILL of `ltsearch run` {killed - proc.started:.1f} s in, stage 1 at "
-        f"epoch {done + 1}/{STAGE1_EPOCHS}",
+        injected=f"SIGKILL of `ltsearch run` and its Ray processes {killed - proc.started:.1f} s "
+        f"in, stage 1 at epoch {done + 1}/{STAGE1_EPOCHS}",
         promised="resume trains stage 1 from its last epoch checkpoint; results equal",
         observed=f"resume trained epochs {trained} only; {cmp.rows_compared} rows equal",
         epochs_redone=redone,
@@ -102,7 +100,7 @@ def test_kill_during_the_feature_cache_build_rebuilds_it(
     project = _project(fault_data, tmp_path)
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project)
     faultkit.wait_for(lambda: _building_cache(project), proc, timeout=300, poll=0.005)
-    killed = _kill(proc)
+    killed = _kill(proc, tree=True)
     partial = [p for p in (project / "results/_cache/features").rglob("*") if p.is_file()]
     assert not list((project / "results/_cache/features").glob("*/manifest.json"))
 
@@ -113,8 +111,8 @@ def test_kill_during_the_feature_cache_build_rebuilds_it(
     record(
         "driver SIGKILL during the feature-cache build",
         group="driver kill",
-        injected=f"SIGKILL of `ltsearch run` {killed - proc.started:.1f} s in, while the "
-        f"cache had {len(partial)} file(s) and no manifest",
+        injected=f"SIGKILL of `ltsearch run` and its Ray processes {killed - proc.started:.1f} s "
+        f"in, while the cache had {len(partial)} file(s) and no manifest",
         promised="the unfinished cache is never used: rebuilt on resume; results equal",
         observed=f"rebuilt; stage 1 not retrained; {cmp.rows_compared} rows equal",
         epochs_redone=0,
@@ -146,8 +144,9 @@ def test_kill_between_trials_keeps_every_finished_part(
     record(
         "driver SIGKILL between trials",
         group="driver kill",
-        injected=f"SIGKILL of `ltsearch run` {killed - proc.started:.1f} s in, with "
-        f"{sum(k.startswith('trials/') for k in before)} of 8 rows written",
+        injected=f"SIGKILL of `ltsearch run` {killed - proc.started:.1f} s in (its trial worker "
+        f"died on its own after it), with {sum(k.startswith('trials/') for k in before)} of 8 "
+        "rows written",
         promised="finished parts kept byte for byte; the rest run once; results equal",
         observed=f"{len(before)} parts kept, 0 rewritten; {cmp.rows_compared} rows equal",
         parts_rewritten=len(rewritten),
@@ -174,7 +173,7 @@ def test_kill_while_a_part_is_written_leaves_no_half_part(
     slow = {"slow_write": {"match": f"{os.sep}trials{os.sep}part-", "seconds": 3}}
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project, inject=slow)
     faultkit.wait_for(lambda: faultkit.hidden_temporaries(study), proc, timeout=300)
-    _kill(proc)
+    _kill(proc, tree=True)
     halves = faultkit.hidden_temporaries(study)
     assert halves, "the kill came after the rename"
     readable = ResultStore(study).load_trials()  # readers never see the half-written part
@@ -185,8 +184,8 @@ def test_kill_while_a_part_is_written_leaves_no_half_part(
     record(
         "driver SIGKILL while a parquet part is written",
         group="driver kill",
-        injected="SIGKILL while a trial's part sat in its temporary file (writes slowed "
-        "to 3 s by the injector)",
+        injected="SIGKILL of `ltsearch run` and its Ray processes while a trial's part sat in "
+        "its temporary file (writes slowed to 3 s by the injector)",
         promised="readers see whole parts only; resume removes the temporary; results equal",
         observed=f"{len(halves)} temporary file(s) left, invisible to readers "
         f"({len(readable)} rows read); removed on resume",
