@@ -1,7 +1,12 @@
 """``ltsearch`` command line.
 
-Commands: ``validate``, ``run``, ``resume``, ``stop``, ``status``, ``report``, ``data
-synth``. ``validate``, ``stop``, ``status`` and ``report`` start no Ray and no training.
+Commands: ``validate``, ``run``, ``resume``, ``stop``, ``status`` (``--watch``: the live
+view of a running study), ``report``, ``data synth``, and for writing studies ``new`` (a
+commented study file for one loss) and ``schema`` (the study file's JSON Schema, for
+editors; :mod:`ltsearch.authoring`).
+``validate`` and ``run`` take ``--set KEY=VALUE`` (a dotted YAML path; the value is YAML),
+applied to the file before it is validated (:mod:`ltsearch.spec.overrides`). ``validate``,
+``stop``, ``status``, ``report``, ``new`` and ``schema`` start no Ray and no training.
 
 Exit codes (:data:`EXIT_CODES`, also in ``ltsearch --help`` and the README): 0 every
 (configuration, seed) ok; 1 the study ran but a run failed or it was stopped on a
@@ -21,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ltmodels.errors import LTUserError
+from ltsearch.authoring import add_authoring_commands
 
 EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = f"""exit codes:
-  {EXIT_OK}    every (configuration, seed) of the study ok (or the command succeeded)
+  {EXIT_OK}    every (configuration, seed) of the study ok, or stopped by early stopping
+       (or the command succeeded)
   {EXIT_FAILED}    the study ran, but a (configuration, seed) failed or a systematic error
        stopped it (the last line says how many, and where the errors are)
   {EXIT_USER_ERROR}    a user error before anything started (one line; nothing written, no Ray)
@@ -34,19 +41,22 @@ EXIT_CODES = f"""exit codes:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from ltsearch.spec.overrides import describe, parse_overrides
     from ltsearch.spec.study import load_spec
 
-    spec = load_spec(args.study)
+    spec = load_spec(args.study, args.set)
     if args.smoke:
         spec = spec.smoked()
     if args.check_data:
         with _in_file(args.study):
             spec.check_data()
     seeds = len(spec.search.seeds)
+    sets = parse_overrides(args.set)
     print(
         f"{args.study}: ok — study {spec.name!r}, {spec.n_trials} configuration(s) x {seeds} "
         f"seed(s), losses {', '.join(o.name for o in spec.loss.options)}, "
         f"schedule {spec.training.schedule}, results in {spec.study_dir}"
+        + (f"; set {describe(spec.to_dict(), sets)}" if sets else "")
     )
     return 0
 
@@ -55,11 +65,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ltsearch.run.driver import run_study
     from ltsearch.spec.study import load_spec
 
-    spec = load_spec(args.study)
+    spec = load_spec(args.study, args.set)
     if args.smoke:
         spec = spec.smoked()
     if args.storage:
         spec = spec.with_overrides(storage=args.storage)
+    if args.mlflow:
+        from ltsearch.tracking import check_cli_uri
+
+        check_cli_uri(args.mlflow)
+        spec = spec.with_overrides(mlflow=args.mlflow)
     with _in_file(args.study):  # dataset checks name the study file too
         if args.check_data:
             spec.check_data()
@@ -80,8 +95,10 @@ def _in_file(study: str) -> Iterator[None]:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from ltsearch.run.driver import resume_study
+    from ltsearch.tracking import check_cli_uri
 
-    outcome = resume_study(args.study_dir, address=args.address)
+    check_cli_uri(args.mlflow)
+    outcome = resume_study(args.study_dir, address=args.address, mlflow=args.mlflow)
     return _finish(outcome, report=not args.no_report)
 
 
@@ -107,6 +124,11 @@ def _finish(outcome: Any, *, report: bool) -> int:
         plots = sorted((d / "report").glob("pareto*.png"))
         if plots:
             print(f"  pareto plot: {plots[0]}")
+        from ltsearch.tracking import log_report
+
+        tracked = log_report(d)  # the report to the study's MLflow run, if it tracks
+        if tracked:
+            print(f"  {tracked}")
     if outcome.stopped in ("systematic", "storage"):
         print(outcome.message)
     progress = study_progress(d)
@@ -141,6 +163,10 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from ltsearch.status import status_text  # light: no torch, Ray, Optuna or pandas
 
+    if args.watch:
+        from ltsearch.live.view import watch
+
+        return watch(Path(args.study_dir), interval=args.interval)
     print(status_text(Path(args.study_dir)))
     return 0
 
@@ -152,6 +178,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         Path(args.study_dir), x=args.x, y=args.y, compare=[Path(p) for p in args.compare]
     )
     print(path)
+    from ltsearch.tracking import log_report
+
+    tracked = log_report(Path(args.study_dir))  # stderr: stdout stays the report's path
+    if tracked:
+        print(tracked, file=sys.stderr)
     return 0
 
 
@@ -170,6 +201,14 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+SET_HELP = (
+    "change a value of the study file before it is validated: KEY is a dotted path "
+    "(training.stage2.epochs, loss.choice.1.params.xi), VALUE is YAML; repeatable"
+)
+MLFLOW_HELP = (
+    "also log the runs to this MLflow tracking URI (http://HOST:PORT, sqlite:///FILE.db, a "
+    "directory; instead of the study's tracking.mlflow; paths relative to here)"
+)
 CHECK_DATA_HELP = (
     "also read the dataset: annotation files, categories of both splits, every image's "
     "header (a minute or two for real LVIS; without it only the paths are checked)"
@@ -180,23 +219,27 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a study file (starts nothing)")
     p.add_argument("study", help="study YAML")
     p.add_argument("--smoke", action="store_true", help="validate the --smoke variant")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="run a study on a Ray cluster (or a local Ray)")
     p.add_argument("study", help="study YAML")
     p.add_argument("--smoke", action="store_true", help="few trials, tiny data, 1 epoch")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--storage", help="results root (default: the study's storage)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--no-report", action="store_true", help="skip report.md at the end")
     p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
+    p.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted study")
     p.add_argument("study_dir")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
     p.add_argument("--no-report", action="store_true", help="skip report.md at the end")
+    p.add_argument("--mlflow", metavar="URI", help=MLFLOW_HELP)
     p.set_defaults(func=_cmd_resume)
 
     p = sub.add_parser(
@@ -212,6 +255,14 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("status", help="progress, best so far and failures of a study")
     p.add_argument("study_dir")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="the driver's live view (trials, ETA, phases, front), until no driver runs it",
+    )
+    p.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between redraws (default 2)"
+    )
     p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("report", help="write report.md with Pareto fronts and tables")
@@ -231,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_study_commands(sub)
+    add_authoring_commands(sub)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_cmd", required=True)
     synth = data.add_parser("synth", help="write the embedded synthetic long-tail dataset")

@@ -25,6 +25,7 @@ from ltsearch.rows import config_label, config_params
 from ltsearch.spec.sections import Objective
 from ltsearch.store import ResultStore
 from ltsearch.study_dir import JOURNAL_FILE, load_study_dir
+from ltsearch.tracking import state as tracking
 
 MAX_STATUS_FAILURES = 20
 
@@ -40,7 +41,8 @@ class StudyProgress:
         trials_complete, trials_failed, trials_pruned, trials_running: journal trials by
             state (waiting ones, enqueued but not asked, are in none).
         configs_ok: distinct configurations with an ok (configuration, seed) row.
-        rows_ok, rows_failed: (configuration, seed) rows by status.
+        rows_ok, rows_failed, rows_stopped: (configuration, seed) rows by status
+            (stopped: by early stopping at a rung, ``search.early_stopping``).
         journal: whether the study has an Optuna journal yet.
     """
 
@@ -54,6 +56,7 @@ class StudyProgress:
     configs_ok: int = 0
     rows_ok: int = 0
     rows_failed: int = 0
+    rows_stopped: int = 0
     journal: bool = True
 
     @property
@@ -67,8 +70,10 @@ class StudyProgress:
         return self.trials_finished >= self.trials_total and not self.trials_running
 
     def runs_line(self) -> str:
-        """``runs (configuration x seed): 46 ok, 0 failed``: the parquet rows by status."""
-        return f"runs (configuration x seed): {self.rows_ok} ok, {self.rows_failed} failed"
+        """``runs (configuration x seed): 46 ok, 0 failed``: the parquet rows by status
+        (``, 6 stopped early`` added when early stopping stopped some)."""
+        text = f"runs (configuration x seed): {self.rows_ok} ok, {self.rows_failed} failed"
+        return text + (f", {self.rows_stopped} stopped early" if self.rows_stopped else "")
 
     def line(self) -> str:
         """One line: ``24/24 trials, study complete; 1 repeated configuration read back``
@@ -94,7 +99,7 @@ class StudyProgress:
         return text
 
 
-def _progress(
+def progress_from(
     study_dir: Path, name: str, n_trials: int, rows: Sequence[Mapping[str, Any]]
 ) -> StudyProgress:
     path = study_dir / JOURNAL_FILE
@@ -110,7 +115,8 @@ def _progress(
         trials_running=states.count(journal.RUNNING),
         configs_ok=len({r["config_hash"] for r in ok}),
         rows_ok=len(ok),
-        rows_failed=len(rows) - len(ok),
+        rows_failed=sum(r.get("status") == "failed" for r in rows),
+        rows_stopped=sum(r.get("status") == "stopped" for r in rows),
         journal=path.is_file(),
     )
 
@@ -128,10 +134,10 @@ def study_progress(study_dir: str | Path) -> StudyProgress:
     """
     spec = load_study_dir(study_dir)
     root = _absolute(study_dir)
-    return _progress(root, spec.name, spec.n_trials, ResultStore(root).trial_rows())
+    return progress_from(root, spec.name, spec.n_trials, ResultStore(root).trial_rows())
 
 
-def _ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
+def ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
     """100 when stored metrics are lvis-api fractions, 1 when some value is already in %
     (the rule of :func:`ltsearch.report.tables.prepare_runs`)."""
     for r in rows:
@@ -141,7 +147,7 @@ def _ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
     return 100.0
 
 
-def _metric(row: Mapping[str, Any], metric: str) -> float | None:
+def metric_value(row: Mapping[str, Any], metric: str) -> float | None:
     """The row's value of ``metric``; None when absent or undefined (lvis-api's -1)."""
     v = row.get(metric)
     if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or v < 0:
@@ -153,12 +159,12 @@ def _best_lines(ok: Sequence[Mapping[str, Any]], objectives: Sequence[Objective]
     by_config: dict[str, list[Mapping[str, Any]]] = {}
     for r in ok:
         by_config.setdefault(str(r["config_hash"]), []).append(r)
-    scale = _ap_scale(ok)
+    scale = ap_scale(ok)
     out = []
     for o in objectives:
         means = {}
         for h in sorted(by_config):
-            values = [v for r in by_config[h] if (v := _metric(r, o.metric)) is not None]
+            values = [v for r in by_config[h] if (v := metric_value(r, o.metric)) is not None]
             if values:
                 means[h] = sum(values) / len(values) * scale
         if not means:
@@ -209,9 +215,12 @@ def status_text(study_dir: str | Path) -> str:
     spec = load_study_dir(study_dir)
     root = _absolute(study_dir)
     rows = ResultStore(root).trial_rows()
-    progress = _progress(root, spec.name, spec.n_trials, rows)
+    progress = progress_from(root, spec.name, spec.n_trials, rows)
     lines = [f"study {spec.name} ({root})", f"  progress: {progress.line()}"]
     lines.append(f"  driver: {_driver_line(root)}")
+    tracked = tracking.status_line(root, spec.tracking.mlflow if spec.tracking else None, rows)
+    if tracked:
+        lines.append(f"  {tracked}")  # mlflow: N runs logged, E errors (ltsearch.tracking)
     if not rows:
         return "\n".join([*lines, "  no (configuration, seed) run finished yet"])
     ok = [r for r in rows if r.get("status") == "ok"]
@@ -226,7 +235,7 @@ def status_text(study_dir: str | Path) -> str:
         f"seed ({started} started)"
     )
     lines.append(f"  {progress.runs_line()}")
-    lines += _failure_lines([r for r in rows if r.get("status") != "ok"])
+    lines += _failure_lines([r for r in rows if r.get("status") == "failed"])
     lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
     lines += _best_lines(ok, spec.search.parsed_objectives)
     return "\n".join(lines)
@@ -265,5 +274,6 @@ def stop_study(study_dir: str | Path, *, wait: bool = True, timeout: float = 600
 
 
 __all__ = [
-    "MAX_STATUS_FAILURES", "StudyProgress", "status_text", "stop_study", "study_progress",
+    "MAX_STATUS_FAILURES", "StudyProgress", "ap_scale", "metric_value", "progress_from",
+    "status_text", "stop_study", "study_progress",
 ]  # fmt: skip

@@ -21,7 +21,8 @@ the parts. A file without the key (written before the check) is read unverified.
 
 Trial row columns (:data:`TRIAL_REQUIRED` are required; others as the run has them):
 ``study, trial_id, config_hash, loss, param.<loss>.<name>`` (one per hyperparameter),
-``seed, status`` (``ok`` | ``failed``), ``error``, every metric (``bbox/APr``, ...),
+``seed, status`` (``ok`` | ``failed`` | ``stopped``: stopped early at epoch ``rung_epoch``,
+with that rung's metrics), ``error``, every metric (``bbox/APr``, ...),
 ``time_total_s, time_train_s, time_eval_s, started_at, finished_at, git_commit,
 versions`` (JSON text of package versions) and worker info (``host``, ``workers``,
 ``device``). Dict and list values are stored as JSON text.
@@ -48,7 +49,7 @@ if TYPE_CHECKING:  # pandas is imported where a frame is built (`ltsearch status
     import pandas as pd
 
 TRIAL_REQUIRED = ("study", "trial_id", "config_hash", "loss", "seed", "status")
-STATUSES = ("ok", "failed")
+STATUSES = ("ok", "failed", "stopped")  # stopped: by early stopping (ltsearch.run.rungs)
 KINDS = ("trials", "epochs", "categories")
 CACHE_DIR = ".cache"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -277,7 +278,7 @@ class ResultStore:
         """Write one trial x seed result row; returns the part's path.
 
         Raises:
-            ValueError: a required column is missing or ``status`` is not ok|failed (a bug
+            ValueError: a required column is missing or ``status`` is not one of STATUSES (a bug
                 in the caller, so not a user error).
         """
         missing = [c for c in TRIAL_REQUIRED if c not in row or row[c] is None]
@@ -334,6 +335,18 @@ class ResultStore:
         if isinstance(merged, pa.Table):
             return merged.to_pylist()
         return [{str(k): v for k, v in r.items()} for r in merged.to_dict("records")]
+
+    def run_rows(self, kind: str, trial_id: str, seed: int) -> list[dict[str, Any]]:
+        """The rows of one (trial, seed)'s part of ``kind`` (``epochs``, ...), as dicts,
+        read without pandas; empty when it has none.
+
+        Raises:
+            StoreError: the part is damaged.
+        """
+        path = self.path(kind) / _part_name(str(trial_id), int(seed))
+        if not path.is_file():
+            return []
+        return _read_part(path).to_pylist()
 
     def load_epochs(self) -> pd.DataFrame:
         """Every run's per-epoch rows, with ``trial_id`` and ``seed``."""

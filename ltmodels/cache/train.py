@@ -36,6 +36,7 @@ from torch import nn
 
 from ltmodels.cache.evaluate import classifier_logits
 from ltmodels.cache.store import FeatureCache
+from ltmodels.engine import phases
 from ltmodels.engine.train import NonFiniteLossError, WarmupMultiStepLR
 from ltmodels.errors import ConfigError
 from ltmodels.losses.base import LongTailLoss
@@ -219,6 +220,7 @@ def train_predictor_cached(
         )
         summary["seconds"] = time.perf_counter() - start
         history.append(summary)
+        phases.epoch_done(epoch + 1, epochs)
         if on_epoch is not None:
             on_epoch(summary)
     return history

@@ -82,6 +82,12 @@ class TrialConfig:
         loader_workers: DataLoader worker processes (0 on a 2-core CPU machine).
         full_eval: for a feature-cache trial, also run the whole model (masks, segm
             metrics) after the cached box evaluation.
+        stop_at_epoch: train the trial's own stage only up to this epoch (checkpointed as
+            usual), evaluate and return; a later call with a later epoch (or ``None``: all
+            of ``train.epochs``) resumes from that checkpoint, exactly as an uninterrupted
+            run would have gone on (the rungs of early stopping, ``ltsearch.run.rungs``).
+            The learning-rate schedule always spans ``train.epochs``. Not for a
+            feature-cache stage 2 (``use_feature_cache``), which trains in one go.
     """
 
     data: DataConfig
@@ -95,6 +101,7 @@ class TrialConfig:
     cache_dir: str = ""
     loader_workers: int = 0
     full_eval: bool = False
+    stop_at_epoch: int | None = None
 
 
 @dataclass

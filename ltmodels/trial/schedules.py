@@ -29,6 +29,7 @@ from torch import nn
 from ltmodels.cache.store import exclusive_lock
 from ltmodels.data import LVISDetection
 from ltmodels.engine import distributed as dist_utils
+from ltmodels.engine import phases
 from ltmodels.engine.checkpoint import (
     checkpoint_problem,
     drop_damaged,
@@ -288,6 +289,7 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
     timer = Timer()
     device = device_of(cfg.device)
     spec = model_spec(dict(cfg.model))
+    phases.report("data")
     train_set, val_set = datasets(cfg.data, masks=spec.masks)
     workdir.mkdir(parents=True, exist_ok=True)
     if cfg.schedule == "end_to_end":
@@ -313,7 +315,13 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
         torch.distributed.barrier()
     with timer("train"):
         history = train_stage(
-            model, cfg.train, loader, device=device, ckpt_path=ckpt, on_epoch=on_epoch
+            model,
+            cfg.train,
+            loader,
+            device=device,
+            ckpt_path=ckpt,
+            on_epoch=on_epoch,
+            stop_at=cfg.stop_at_epoch,
         )
     with timer("eval"):
         metrics, rows = full_evaluation(model, val_set, cfg, spec, device)

@@ -26,6 +26,7 @@ from ltmodels.data import (
 )
 from ltmodels.data.lvis import check_same_categories
 from ltmodels.engine import distributed as dist_utils
+from ltmodels.engine import phases
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltmodels.engine.train import WarmupMultiStepLR, build_optimizer, train_one_epoch
@@ -146,9 +147,19 @@ def train_stage(
     device: torch.device,
     ckpt_path: Path,
     on_epoch: EpochCallback | None = None,
+    stop_at: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``stage.epochs`` epochs, checkpointing each; resume from ``ckpt_path`` if a
-    checkpoint of this stage is there (exact: optimizer, scheduler, RNG states)."""
+    checkpoint of this stage is there (exact: optimizer, scheduler, RNG states).
+
+    ``stop_at``: return after that epoch instead (the schedule still spans
+    ``stage.epochs``), so that a later call goes on exactly as one uninterrupted run.
+
+    Raises:
+        RuntimeError: the checkpoint is already past ``stop_at`` (the model could not be
+            the one of epoch ``stop_at``).
+    """
+    end = stage.epochs if stop_at is None else min(stop_at, stage.epochs)
     ddp = wrap_ddp(model, device)
     optimizer = build_optimizer(
         model, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
@@ -166,7 +177,9 @@ def train_stage(
         history = list(payload["extra"].get("history", []))
         _restore_worker_rng(ckpt_path, start)
         log.info("resumed %s at epoch %d", ckpt_path, start)
-    for epoch in range(start, stage.epochs):
+    if start > end:
+        raise RuntimeError(f"{ckpt_path} is at epoch {start}, past the epoch {end} asked for")
+    for epoch in range(start, end):
         stats = train_one_epoch(
             ddp,
             optimizer,
@@ -189,6 +202,7 @@ def train_stage(
                 extra={"history": history},
             )
         _save_worker_rng(ckpt_path, epoch + 1)
+        phases.epoch_done(epoch + 1, stage.epochs)
         if on_epoch is not None:
             on_epoch(epoch, stats, ckpt_path.parent)
     return history
@@ -235,6 +249,7 @@ class _Span:
         self.timer, self.name = timer, name
 
     def __enter__(self) -> None:
+        phases.report(self.name)
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:

@@ -10,6 +10,9 @@ quicker look, is :mod:`ltsearch.status`). ``write_report`` writes
 - ``sweeps.png``: AP, APr, APc, APf against each tuned hyperparameter;
 - ``groups.png``: APr/APc/APf of the front configurations;
 - ``configs.csv``: every configuration with its means over seeds and Pareto rank.
+
+Beside ``report.md`` it writes ``report.html`` (:mod:`.html`): the same numbers as one
+self-contained interactive page.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import pandas as pd
 
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.errors import ConfigError
+from ltsearch.report.early import early_stopping_md
+from ltsearch.report.html import HTML_FILE, Page, write_html
 from ltsearch.report.plots import plot_compare, plot_front, plot_groups, plot_sweeps
 from ltsearch.report.sections import (
     REPORT_DIR,
@@ -98,6 +103,11 @@ def _compared(
     return out
 
 
+def _sweep_kind(spec: StudySpec, x: str) -> str:
+    """The kind (bbox/segm) of the sweeps and group plots: the reference's, else x's."""
+    return spec.reference.metric_kind if spec.reference is not None else x.split("/")[0]
+
+
 def _image(title: str, path: Path | None) -> str:
     return "" if path is None else f"\n\n![{title}]({REPORT_DIR}/{path.name})"
 
@@ -108,10 +118,11 @@ def _result_parts(
     runs: pd.DataFrame,
     summary: Summary,
     xy: tuple[str, str],
-    compare: Sequence[Path],
+    studies: Sequence[tuple[str, pd.DataFrame]],
 ) -> list[str]:
     """Front, domination, ablation, groups, sweeps and comparison sections (and their
-    figures and ``configs.csv`` under ``out``)."""
+    figures and ``configs.csv`` under ``out``); ``studies`` are the compared studies'
+    configurations, this one first (empty: no comparison)."""
     out.mkdir(parents=True, exist_ok=True)
     c, (x, y) = summary.configs, xy
     write_atomic(out / "configs.csv", lambda f: c.to_csv(f, index=False))
@@ -122,7 +133,7 @@ def _result_parts(
     if spec.reference is not None:
         parts.append(ablation_section(spec, summary))
     groups = _group_configs(summary)
-    kind = spec.reference.metric_kind if spec.reference is not None else x.split("/")[0]
+    kind = _sweep_kind(spec, x)
     parts.append(
         "## AP by frequency group\n\nConfigurations on the front, then each loss's best "
         "not on it.\n\n"
@@ -132,8 +143,7 @@ def _result_parts(
     sweeps = plot_sweeps(out / "sweeps.png", c, kind)
     if sweeps is not None:
         parts.append(f"## Hyperparameter sweeps ({kind})" + _image("sweeps", sweeps))
-    if compare:
-        studies = [(spec.name, c), *_compared(compare, x, y, dirs)]
+    if studies:
         png = plot_compare(out / "compare.png", studies, x, y, dirs)
         parts.append(
             "## Studies compared\n\n" + compare_md(studies, x, y, dirs) + _image("compare", png)
@@ -144,7 +154,8 @@ def _result_parts(
 def write_report(
     study_dir: Path, *, x: str | None = None, y: str | None = None, compare: Sequence[Path] = ()
 ) -> Path:
-    """Write ``report.md`` (and ``report/*.png``, ``report/configs.csv``) for a study.
+    """Write ``report.md`` (and ``report/*.png``, ``report/configs.csv``) and
+    ``report.html`` for a study.
 
     Args:
         study_dir: the study directory (holds ``spec.yaml`` and ``trials/``).
@@ -165,6 +176,10 @@ def write_report(
     objectives = spec.search.parsed_objectives
     runs, scale, summary = _load(study_dir, objectives, _metrics(spec, x, y))
     parts = [f"# Study report: {spec.name}", summary_md(spec, study_dir, runs, scale)]
+    dirs = _directions(objectives, (x, y))
+    studies: list[tuple[str, pd.DataFrame]] = []  # this study first, then the compared ones
+    if compare and not summary.configs.empty:
+        studies = [(spec.name, summary.configs), *_compared(compare, x, y, dirs)]
     if summary.configs.empty:
         parts.append(
             "No configuration has an ok run yet: nothing to rank or plot. Results "
@@ -172,12 +187,19 @@ def write_report(
             "run the report again then."
         )
     else:
-        parts += _result_parts(spec, study_dir / REPORT_DIR, runs, summary, (x, y), compare)
+        parts += _result_parts(spec, study_dir / REPORT_DIR, runs, summary, (x, y), studies)
+    parts.append(early_stopping_md(spec, study_dir, runs, summary, scale))  # "" without it
     parts.append(failures_md(runs))
     parts.append(reading_md(study_dir))
     path = study_dir / REPORT_FILE
     text = "\n\n".join(p for p in parts if p) + "\n"
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))  # a kill leaves the old one
+    page = Page(
+        name=spec.name, source=f"{study_dir}/trials/", configs=summary.configs, x=x, y=y,
+        directions=dirs, kinds=_kinds(summary), sweep_kind=_sweep_kind(spec, x),
+        metrics=summary.metrics, studies=studies,
+    )  # fmt: skip
+    write_html(study_dir / HTML_FILE, page)
     for stale in PLOTS:  # a figure this report does not show must not outlive its data;
         if f"]({REPORT_DIR}/{stale})" not in text:  # removed only once report.md is whole
             (study_dir / REPORT_DIR / stale).unlink(missing_ok=True)

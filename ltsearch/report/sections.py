@@ -94,10 +94,11 @@ def domination_md(runs: pd.DataFrame, summary: Summary, k: int = TOP_DOMINATION)
     return note + "\n\n" + md_table(["row \u2192 column", *[h[:8] for h in hashes]], rows)
 
 
-def compare_md(
+def compare_rows(
     studies: Sequence[tuple[str, pd.DataFrame]], x: str, y: str, dirs: Sequence[str]
-) -> str:
-    """One row per study: configurations, (x, y) front size, hypervolume, best x and y."""
+) -> tuple[list[str], list[list[Any]]]:
+    """Header and one row per study: configurations, (x, y) front size, hypervolume, best
+    x and y (the comparison table of ``report.md`` and ``report.html``)."""
     rows = []
     for name, configs in studies:
         have, front = front_xy(configs, x, y, dirs)
@@ -110,12 +111,24 @@ def compare_md(
             for m, d in zip((x, y), dirs, strict=True)
         ]
         rows.append([name, len(configs), len(front), f"{hv:.2f}", *best])
-    ref = ", ".join(fmt(r) for r in hv_reference(dirs))
     header = ["study", "configurations", "front size", "hypervolume", f"best {x}", f"best {y}"]
+    return header, rows
+
+
+def compare_note(x: str, y: str, dirs: Sequence[str]) -> str:
+    """What the comparison table's fronts and hypervolumes are computed on."""
+    ref = ", ".join(fmt(r) for r in hv_reference(dirs))
     return (
         f"Fronts in ({x}, {y}); hypervolume with reference point ({ref}), the same for "
-        "every study.\n\n" + md_table(header, rows)
+        "every study."
     )
+
+
+def compare_md(
+    studies: Sequence[tuple[str, pd.DataFrame]], x: str, y: str, dirs: Sequence[str]
+) -> str:
+    """One row per study: configurations, (x, y) front size, hypervolume, best x and y."""
+    return compare_note(x, y, dirs) + "\n\n" + md_table(*compare_rows(studies, x, y, dirs))
 
 
 def _hms(seconds: float) -> str:
@@ -144,6 +157,10 @@ def _wall(runs: pd.DataFrame) -> str:
     return "; ".join(parts) or "no timings recorded"
 
 
+def _count(runs: pd.DataFrame, status: str) -> int:
+    return int((runs["status"] == status).sum()) if not runs.empty else 0
+
+
 def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: float) -> str:
     """Study summary: data, losses, budget against progress, seeds, wall time, units."""
     seeds = spec.search.seeds
@@ -161,8 +178,9 @@ def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: floa
         "",
         f"- data: {data}; losses: {losses}; sampler: {spec.search.sampler}",
         f"- configurations: {n_ok} with an ok run, {started} started, {spec.n_trials} planned",
-        f"- runs (configuration \u00d7 seed): {len(ok)} ok, {len(runs) - len(ok)} failed, "
-        f"{spec.n_trials * len(seeds)} planned; seeds {seeds}",
+        f"- runs (configuration \u00d7 seed): {len(ok)} ok, {_count(runs, 'failed')} failed, "
+        + (f"{n} stopped early, " if (n := _count(runs, "stopped")) else "")
+        + f"{spec.n_trials * len(seeds)} planned; seeds {seeds}",
         f"- wall time: {_wall(runs) if not runs.empty else 'nothing run yet'}",
         f"- AP values in % ({units}); an undefined metric (lvis-api's -1) shows as \u2014",
     ]
@@ -171,7 +189,7 @@ def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: floa
 
 def failures_md(runs: pd.DataFrame, limit: int = 50) -> str:
     """Failed runs with the first line of their error (not plotted, not ranked)."""
-    failed = runs[runs["status"] != "ok"] if not runs.empty else runs
+    failed = runs[runs["status"] == "failed"] if not runs.empty else runs
     if failed.empty:
         return ""
     rows = []
@@ -295,7 +313,7 @@ duckdb.sql(f\"\"\"SELECT loss, avg("bbox/APr") AS apr
 
 
 __all__ = [
-    "REPORT_DIR", "ablation_md", "ablation_section", "compare_md", "domination_md",
-    "failures_md", "front_section", "hv_reference", "match_reference", "reading_md",
-    "summary_md",
+    "REPORT_DIR", "ablation_md", "ablation_section", "compare_md", "compare_note", "compare_rows",
+    "domination_md", "failures_md", "front_section", "hv_reference", "match_reference",
+    "reading_md", "summary_md",
 ]  # fmt: skip

@@ -152,7 +152,7 @@ def summarize(
     grouped = ok.groupby("config_hash", sort=False)
     configs = _identity(ok)
     configs["n"] = grouped.size()
-    failed = runs[runs["status"] != "ok"].groupby("config_hash").size()
+    failed = runs[runs["status"] == "failed"].groupby("config_hash").size()
     configs["n_failed"] = failed.reindex(configs.index).fillna(0).astype(int)
     means = grouped[metrics].mean() if metrics else pd.DataFrame(index=configs.index)
     for m in metrics:

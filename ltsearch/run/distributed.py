@@ -32,6 +32,11 @@ def _train_loop(loop_config: dict[str, Any]) -> None:
 
     cfg = trial_config_from_dict(loop_config["trial"])
     workdir = Path(loop_config["workdir"])
+    if rank() == 0 and loop_config.get("live"):  # rank 0 shows the trial's phases
+        from ltmodels.engine import phases
+        from ltsearch.live.state import PhaseFile
+
+        phases.add_listener(PhaseFile.from_dict(loop_config["live"]))
 
     def on_epoch(epoch: int, metrics: dict[str, float], ckpt_dir: Path) -> None:
         # Every rank reports (Train V2 waits for all); rank 0 attaches the checkpoint file
@@ -57,7 +62,9 @@ def run_distributed(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ltmodels.trial.config import TrialResult, trial_config_to_dict
+    from ltsearch.live.state import active
 
+    live = active()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / RESULT_FILE).unlink(missing_ok=True)  # never return a previous run's result
     use_gpu = resources.gpus_per_worker > 0
@@ -66,7 +73,11 @@ def run_distributed(cfg: Any, *, workdir: Path, resources: Any) -> Any:
         per_worker["GPU"] = resources.gpus_per_worker
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config={"trial": trial_config_to_dict(cfg), "workdir": str(workdir)},
+        train_loop_config={
+            "trial": trial_config_to_dict(cfg),
+            "workdir": str(workdir),
+            "live": None if live is None else live.to_dict(),
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=per_worker

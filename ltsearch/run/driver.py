@@ -50,6 +50,7 @@ import yaml
 
 from ltsearch.control import driver_lock
 from ltsearch.errors import SpecError
+from ltsearch.live.state import clear_phase_files
 from ltsearch.run.rebuild import reconcile_journal
 from ltsearch.run.search import (
     StudyPlan,
@@ -62,6 +63,8 @@ from ltsearch.run.trainable import StudyContext, execute_trial, make_trial_fn, r
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec
 from ltsearch.study_dir import SPEC_FILE, check_storage, load_study_dir
+from ltsearch.tracking import Tracker, open_tracker
+from ltsearch.tracking.spec_file import record_tracking, same_study
 
 TUNE_DIR = "tune"
 
@@ -76,7 +79,7 @@ class StudyOutcome:
     SIGTERM: resumable); ``message`` says why it stopped."""
 
     study_dir: Path
-    finished: int  # configurations with every seed ok
+    finished: int  # trials complete, or pruned by early stopping (not failed)
     failed: int
     wall_s: float
     where: str
@@ -92,7 +95,7 @@ def _spec_text(spec: StudySpec) -> str:
 def _check_spec_dir(spec: StudySpec, study_dir: Path) -> None:
     """Raise if ``study_dir`` already holds a different study (writes nothing)."""
     path = study_dir / SPEC_FILE
-    if path.exists() and path.read_text() != _spec_text(spec):
+    if path.exists() and not same_study(path.read_text(), _spec_text(spec)):
         raise SpecError(
             f"{study_dir} already holds a different study; run `ltsearch resume "
             f"{study_dir}` to continue it, or choose another --storage or name",
@@ -135,11 +138,14 @@ def run_study(
     resume: bool = False,
     progress: bool = True,
     execute: Callable[..., Any] = execute_trial,
+    rule: Callable[..., bool] | None = None,
 ) -> StudyOutcome:
     """Run (or continue) a study to completion; returns where its results are.
 
     ``execute`` runs one (configuration, seed) (:func:`ltsearch.run.trainable.execute_trial`;
-    the framework-overhead benchmark passes a no-op).
+    the framework-overhead benchmark passes a no-op). ``rule``: the promotion rule of
+    ``search.early_stopping`` (:data:`ltsearch.run.rung_scheduler.Rule`; default MO-ASHA,
+    the early-stopping benchmark passes single-objective ASHA).
 
     Every user error (a different study in the directory, missing dataset files, a second
     driver, an unreachable cluster) is raised before anything is written or Ray starts.
@@ -149,6 +155,7 @@ def run_study(
     check_storage(spec.storage)
     if not resume:
         _check_spec_dir(spec, study_dir)
+    tracker = open_tracker(spec)  # MLflow, when the study tracks (ltsearch.tracking)
     data = resolve_data(spec)
     t0 = time.perf_counter()
     if not resume:
@@ -156,18 +163,25 @@ def run_study(
     with driver_lock(study_dir):
         repair_journal(study_dir)
         _drop_temporaries(study_dir)
+        clear_phase_files(study_dir)
         reconcile_journal(spec, study_dir)  # damaged parts: one line; lost journal: rebuilt
+        record_tracking(spec, study_dir)  # resume and report log where this run logs
         storage = journal_storage(study_dir)
         plan = plan_study(spec, storage)
+        if tracker is not None:
+            tracker.start()
         where, stop = "nothing to run", None
         if plan.to_run:
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
             where, stop = _fit(
-                spec, ctx, storage, plan, address=address, progress=progress, execute=execute
-            )
+                spec, ctx, storage, plan, address=address, progress=progress, execute=execute,
+                tracker=tracker, rule=rule,
+            )  # fmt: skip
         elif progress:
             print(f"study {spec.name}: all {spec.n_trials} configurations done ({study_dir})")
         final = plan_study(spec, storage)
+        if tracker is not None:
+            tracker.finish(None if stop is None else stop.reason)
     return StudyOutcome(
         study_dir,
         final.finished - final.failed,
@@ -189,13 +203,17 @@ def _fit(
     address: str | None,
     progress: bool,
     execute: Callable[..., Any],
+    tracker: Tracker | None = None,
+    rule: Callable[..., bool] | None = None,
 ) -> tuple[str, StopRequest | None]:
     """Run the Tuner; returns where it ran and why it stopped early (None: it did not)."""
     from ray import tune
 
     from ltsearch.run import cluster
-    from ltsearch.run.progress import ProgressPrinter
+    from ltsearch.run.progress import ProgressPrinter, live_progress
+    from ltsearch.run.rung_scheduler import make_scheduler
     from ltsearch.run.stopping import FailFast, Interrupts, StudyStopper
+    from ltsearch.run.tracking import tracking_callbacks
 
     study_dir = Path(ctx.study_dir)
     # Ctrl-C is ours (Interrupts), not Tune's: Tune's handler ends fit() as if it finished
@@ -221,6 +239,7 @@ def _fit(
             tune.with_resources(make_trial_fn(ctx, execute), _resources(spec)),
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(spec, storage, plan),
+                scheduler=make_scheduler(spec, study_dir, rule),  # None: FIFO, no early stops
                 num_samples=plan.to_run,
                 reuse_actors=True,
             ),
@@ -229,14 +248,14 @@ def _fit(
                 storage_path=str(study_dir),
                 verbose=0,
                 stop=stopper,
-                callbacks=[printer, fail_fast],
+                callbacks=[printer, fail_fast, *tracking_callbacks(tracker)],
                 failure_config=tune.FailureConfig(
                     max_failures=spec.search.max_retries, fail_fast=False
                 ),
             ),
         )
-        with Interrupts(stopper):  # after connect: ray.init sets its own SIGTERM
-            tuner.fit()
+        with Interrupts(stopper), live_progress(study_dir, enabled=progress):
+            tuner.fit()  # (Interrupts after connect: ray.init sets its own SIGTERM)
     finally:
         cluster.shutdown()
         signal.signal(signal.SIGTERM, sigterm)
@@ -249,8 +268,11 @@ def _cpus_needed(spec: StudySpec) -> float:
     return per_trial * r.max_concurrent_trials
 
 
-def resume_study(study_dir: str | Path, *, address: str | None = None) -> StudyOutcome:
-    """Continue a study after a crash or ``kill -9`` of its driver."""
+def resume_study(
+    study_dir: str | Path, *, address: str | None = None, mlflow: str | None = None
+) -> StudyOutcome:
+    """Continue a study after a crash or ``kill -9`` of its driver (``mlflow``: log to this
+    MLflow URI instead of the study's own, ``--mlflow``)."""
     root = Path(study_dir).resolve()
     spec = load_study_dir(root)
     if spec.name != root.name:
@@ -259,7 +281,8 @@ def resume_study(study_dir: str | Path, *, address: str | None = None) -> StudyO
             f"back to {spec.name!r} (results live in <storage>/<name>)",
             file=str(root),
         )
-    return run_study(spec.with_overrides(storage=root.parent), address=address, resume=True)
+    spec = spec.with_overrides(storage=root.parent, mlflow=mlflow)
+    return run_study(spec, address=address, resume=True)
 
 
 __all__ = ["StudyOutcome", "resume_study", "run_study"]

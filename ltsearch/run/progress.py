@@ -1,14 +1,20 @@
-"""The progress display of a running study: one line per finished trial, on the driver."""
+"""The progress display of a running study on the driver: one line per finished trial
+(:class:`ProgressPrinter`) and, below them, the live view of :mod:`ltsearch.live`
+(:func:`live_progress`): redrawn in a terminal, timestamped lines otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
 
+from ltsearch.run.rungs import RUNG_KEY, stopped_at
 from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
 from ltsearch.spec.study import StudySpec
 
@@ -80,6 +86,9 @@ class ProgressPrinter(Callback):
         if ERROR_KEY in result:
             self.on_trial_error(iteration, trials, trial)
             return
+        if result.get(RUNG_KEY) is not None:  # it ended on a rung (early stopping)
+            self._rung_end(trial, result)
+            return
         self.done += 1
         label = _fmt_params(trial.config)
         self._update_best(result, label)
@@ -93,6 +102,23 @@ class ProgressPrinter(Callback):
         self._print(
             f"[{self._count()}/{self.total}] {label}: {vals}   "
             f"({elapsed:.0f} s; best so far {best or 'n/a'})"
+        )
+
+    def _rung_end(self, trial: Any, result: dict[str, Any]) -> None:
+        """A trial stopped at a rung by early stopping, or interrupted between rungs."""
+        rung = stopped_at(self.study_dir, result)
+        if rung is None:
+            self._print(f"[stopped] {_fmt_params(trial.config)}: left to `ltsearch resume`")
+            return
+        self.done += 1
+        vals = "  ".join(
+            f"{o.metric} {_ap(result[o.metric])}"
+            for o in self.objectives
+            if isinstance(result.get(o.metric), (int, float))
+        )
+        self._print(
+            f"[{self._count()}/{self.total}] {_fmt_params(trial.config)}: stopped early at "
+            f"epoch {rung} ({vals})   ({time.time() - self.t0:.0f} s)"
         )
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -109,3 +135,50 @@ class ProgressPrinter(Callback):
             f"[retry {n}] {_fmt_params(trial.config)}: its process died; starting it again "
             "(stored seeds are read back, the seed in flight resumes from its checkpoint)"
         )
+
+
+PLAIN_EVERY = 10.0  # seconds between two plain progress lines at most once
+
+
+@contextlib.contextmanager
+def live_progress(study_dir: Path, *, enabled: bool = True) -> Iterator[None]:
+    """Show the live view of the study while the block runs: redrawn each second below the
+    trial lines when stdout is a terminal, else one timestamped line when it has changed
+    (at most every :data:`PLAIN_EVERY` seconds)."""
+    from ltsearch.live.state import snapshot
+    from ltsearch.live.terminal import LiveBlock, is_terminal
+    from ltsearch.live.view import plain_line, render
+
+    if not enabled:
+        yield
+    elif is_terminal():
+        with LiveBlock(lambda: render(snapshot(study_dir)), interval=2.0):
+            yield
+    else:
+        with _plain_lines(study_dir, snapshot, plain_line):
+            yield
+
+
+@contextlib.contextmanager
+def _plain_lines(study_dir: Path, snapshot: Any, line: Any) -> Iterator[None]:
+    stop = threading.Event()
+
+    def loop() -> None:
+        last_key, last_at = None, 0.0
+        while not stop.wait(2.0):
+            try:
+                snap = snapshot(study_dir)
+            except Exception:  # read while files change: the next second reads again
+                continue
+            key = (snap.progress, tuple(snap.running))
+            if key != last_key and time.monotonic() - last_at >= PLAIN_EVERY:
+                print(line(snap), flush=True)
+                last_key, last_at = key, time.monotonic()
+
+    thread = threading.Thread(target=loop, name="plain-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)

@@ -18,12 +18,13 @@ configurations than it asks for. :func:`reconcile_journal`, called under the dri
 Per configuration (``config_hash``), in the order of its first ``started_at``: every seed ok ->
 a COMPLETE trial told the mean over seeds of each objective
 (:func:`ltsearch.run.trainable.mean_metrics`, as a live trial reports it); a failed seed ->
-a FAIL trial; some seeds ok and none failed -> an enqueued (WAITING) trial, which the resumed
+a FAIL trial; a seed stopped by early stopping (status ``stopped``) -> a PRUNED trial; some
+seeds ok and none failed or stopped -> an enqueued (WAITING) trial, which the resumed
 run asks first and whose stored seeds it reads back. Parameters go through
 ``enqueue_trial`` + ``ask`` + :func:`ltsearch.space.suggest`, so each has the distribution
 the spec gives it and TPE / NSGA-II learn from the trials. What parquet cannot tell is lost:
 a configuration run twice (the sampler proposed it again) becomes one trial, so the resumed
-run samples one more; PRUNED and RUNNING states and the trials' order within a second.
+run samples one more; RUNNING states and the trials' order within a second.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
 from ltsearch.study_dir import JOURNAL_FILE
 
-COMPLETE, FAIL, WAITING = "complete", "fail", "waiting"
+COMPLETE, FAIL, PRUNED, WAITING = "complete", "fail", "pruned", "waiting"
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Configuration:
 
     config_hash: str
     params: dict[str, Any]  # Optuna params: ``loss`` and the suggested ``<loss>.<name>``
-    state: str  # COMPLETE, FAIL or WAITING
+    state: str  # COMPLETE, FAIL, PRUNED or WAITING
     values: list[float] | None  # objectives of a COMPLETE one, in spec order
     started_at: str
 
@@ -101,7 +102,8 @@ def configurations(spec: StudySpec, rows: list[dict[str, Any]]) -> list[Configur
             means = mean_metrics([_seed_metrics(ok[s]) for s in seeds])
             values = [means.get(m, float("nan")) for m in spec.search.metric_names]
         else:
-            state = FAIL if any(r["status"] == "failed" for r in group) else WAITING
+            statuses = {r["status"] for r in group}
+            state = FAIL if "failed" in statuses else PRUNED if "stopped" in statuses else WAITING
         first = min(str(r.get("started_at") or "") for r in group)
         out.append(Configuration(chash, params, state, values, first))
     return sorted(out, key=lambda c: c.started_at)
@@ -144,8 +146,8 @@ def write_journal(spec: StudySpec, configs: list[Configuration], path: Path) -> 
             study.enqueue_trial(c.params)
             trial = study.ask()
             suggest(trial, spec)
-            if c.state == FAIL:
-                study.tell(trial, state=TrialState.FAIL)
+            if c.state in (FAIL, PRUNED):
+                study.tell(trial, state=TrialState.FAIL if c.state == FAIL else TrialState.PRUNED)
             else:
                 study.tell(trial, c.values)
         for c in configs:
@@ -220,10 +222,11 @@ def reconcile_journal(spec: StudySpec, study_dir: Path) -> str | None:
         os.replace(path, aside)
         kept = f" (the old one kept as {aside.name})"
     write_journal(spec, configs, path)
-    counts = {s: sum(c.state == s for c in configs) for s in (COMPLETE, FAIL, WAITING)}
+    counts = {s: sum(c.state == s for c in configs) for s in (COMPLETE, FAIL, PRUNED, WAITING)}
+    pruned = f", {counts[PRUNED]} stopped early" if counts[PRUNED] else ""
     line = (
         f"{path}: {problem}; rebuilt it from the parquet parts{kept}: {counts[COMPLETE]} "
-        f"complete, {counts[FAIL]} failed, {counts[WAITING]} to finish"
+        f"complete, {counts[FAIL]} failed{pruned}, {counts[WAITING]} to finish"
     )
     print(line, file=sys.stderr, flush=True)
     return line

@@ -95,13 +95,22 @@ def _adopting_search_cls() -> type:
     from optuna.trial import Trial
     from ray.tune.search.optuna import OptunaSearch
 
+    from ltsearch.run.rungs import RUNG_KEY
+
     class AdoptingOptunaSearch(OptunaSearch):
         """OptunaSearch that first hands out the given RUNNING journal trials (a killed
         driver's trials in flight) before asking the study for new ones."""
 
-        def __init__(self, *args: Any, adopt: list[int] | None = None, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            adopt: list[int] | None = None,
+            study_dir: str | None = None,
+            **kwargs: Any,
+        ) -> None:
             super().__init__(*args, **kwargs)
             self._adopt = list(adopt or [])
+            self._study_dir = study_dir  # where early stopping logs its rung decisions
 
         def suggest(self, trial_id: str) -> dict | None:
             if self._adopt and trial_id not in self._ot_trials:
@@ -125,12 +134,33 @@ def _adopting_search_cls() -> type:
                 super().on_trial_complete(trial_id, result=None, error=True)
                 return
             metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+            if not error and result and result.get(RUNG_KEY) is not None:
+                self._rung_complete(trial_id, result, metrics)
+                return
             if not error and not all((result or {}).get(m) is not None for m in metrics):
                 # stopped by the study (Ctrl-C, SIGTERM, a systematic error, a full disk)
                 # before it reported: leave it RUNNING, so resume adopts and reruns it
                 self._completed_trials.add(trial_id)
                 return
             super().on_trial_complete(trial_id, result=result, error=error)
+
+        def _rung_complete(self, trial_id: str, result: dict, metrics: list[str]) -> None:
+            """A trial that ended on a rung result: PRUNED if early stopping stopped it
+            there (:mod:`ltsearch.run.rung_scheduler`), else it was interrupted between two
+            rungs (Ctrl-C, ``ltsearch stop``): left RUNNING for resume to adopt."""
+            from optuna.trial import TrialState
+
+            from ltsearch.run.rungs import stopped_at
+
+            self._completed_trials.add(trial_id)
+            rung = None if self._study_dir is None else stopped_at(self._study_dir, result)
+            if rung is None:
+                return
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr(RUNG_KEY, rung)
+            ot_trial.set_user_attr("rung_values", {m: result.get(m) for m in metrics})
+            study: Any = self._ot_study
+            study.tell(ot_trial, state=TrialState.PRUNED)
 
     return AdoptingOptunaSearch
 
@@ -155,6 +185,7 @@ def make_searcher(spec: StudySpec, storage: Any, plan: StudyPlan) -> Any:
         study_name=spec.name,
         seed=None,
         adopt=plan.adopt,
+        study_dir=str(spec.study_dir),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
 

@@ -149,6 +149,7 @@ def _stored_metrics(store: ResultStore, chash: str, seed: int) -> dict[str, floa
     if df.empty:
         return None
     hit = df[(df["config_hash"] == chash) & (df["seed"] == seed)]
+    hit = hit[hit["status"] != "stopped"]  # stopped early (ltsearch.run.rungs): not a failure
     ok = hit[hit["status"] == "ok"]
     if not ok.empty:
         row = ok.iloc[-1]
@@ -159,26 +160,26 @@ def _stored_metrics(store: ResultStore, chash: str, seed: int) -> dict[str, floa
     return None
 
 
-def run_seed(
-    ctx: StudyContext,
+def choice_hash(choice: Mapping[str, Any], spec: StudySpec) -> str:
+    """The configuration hash of a trial's ``choice`` (its parquet key and run directory)."""
+    return config_hash({"loss": choice["loss"], **_prefixed(choice)}, spec)
+
+
+def run_dir(ctx: StudyContext, chash: str, seed: int) -> Path:
+    """A (configuration, seed)'s run directory: its checkpoints."""
+    return Path(ctx.study_dir) / "runs" / f"{chash}-s{seed}"
+
+
+def base_row(
     spec: StudySpec,
     choice: Mapping[str, Any],
+    chash: str,
     seed: int,
-    *,
     tune_trial_id: str,
-    execute: Callable[..., Any],
-) -> dict[str, float]:
-    """Run (or read back) one seed; write its parquet parts; raise if it failed."""
-    store = ResultStore(ctx.study_dir)
-    chash = config_hash({"loss": choice["loss"], **_prefixed(choice)}, spec)
-    stored = _stored_metrics(store, chash, seed)
-    if stored is not None:
-        return stored
-    cfg = trial_config(ctx, spec, choice, seed)
-    workdir = Path(ctx.study_dir) / "runs" / f"{chash}-s{seed}"
-    started = datetime.now(timezone.utc).isoformat()
-    t0 = time.perf_counter()
-    row: dict[str, Any] = {
+    device: str,
+) -> dict[str, Any]:
+    """The columns of a (configuration, seed) row known before it runs."""
+    return {
         "study": spec.name,
         "trial_id": chash,
         "tune_trial_id": tune_trial_id,
@@ -188,10 +189,23 @@ def run_seed(
         "seed": seed,
         "schedule": spec.training.schedule,
         "workers": spec.resources.workers,
-        "device": cfg.device,
-        "started_at": started,
+        "device": device,
+        "started_at": datetime.now(timezone.utc).isoformat(),
         **run_metadata(),
     }
+
+
+def execute_recorded(
+    spec: StudySpec,
+    store: ResultStore,
+    row: Mapping[str, Any],
+    t0: float,
+    cfg: Any,
+    workdir: Path,
+    execute: Callable[..., Any],
+) -> Any:
+    """``execute(cfg)`` under ``search.trial_timeout``; a failure is written as ``row``
+    with status failed (a full disk is not: ``resume`` runs it again), then re-raised."""
 
     def record_failure(error: str) -> None:
         failed = dict(row)
@@ -205,12 +219,34 @@ def run_seed(
 
     try:
         with Watchdog(spec.search.trial_timeout, record_failure):
-            result = execute(cfg, workdir=workdir, resources=spec.resources)
+            return execute(cfg, workdir=workdir, resources=spec.resources)
     except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
         if disk_full(exc):  # not the run's fault: no row, so `resume` runs it again
             raise
         record_failure(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
         raise
+
+
+def run_seed(
+    ctx: StudyContext,
+    spec: StudySpec,
+    choice: Mapping[str, Any],
+    seed: int,
+    *,
+    tune_trial_id: str,
+    execute: Callable[..., Any],
+) -> dict[str, float]:
+    """Run (or read back) one seed; write its parquet parts; raise if it failed."""
+    store = ResultStore(ctx.study_dir)
+    chash = choice_hash(choice, spec)
+    stored = _stored_metrics(store, chash, seed)
+    if stored is not None:
+        return stored
+    cfg = trial_config(ctx, spec, choice, seed)
+    workdir = run_dir(ctx, chash, seed)
+    t0 = time.perf_counter()
+    row = base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
+    result = execute_recorded(spec, store, row, t0, cfg, workdir, execute)
     row.update(
         status="ok",
         error=None,
@@ -325,6 +361,10 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
     def trial_fn(config: dict[str, Any]) -> None:
         from ray import tune
 
+        from ltmodels.engine import phases
+        from ltsearch.live.state import PhaseFile, activate
+        from ltsearch.rows import config_label
+        from ltsearch.run.rungs import climb
         from ltsearch.space import params_to_config
 
         _log_to_driver()
@@ -332,8 +372,16 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
         choice = params_to_config(config)
         tid = tune.get_context().get_trial_id() or "local"
         per_seed = []
+        label = config_label(choice["loss"], choice["loss_params"])
+        live = PhaseFile(ctx.study_dir, tid, label, len(spec.search.seeds))
+        unlisten = phases.add_listener(live)
+        activate(live)  # a DDP trial's rank 0 writes it on (run.distributed)
         try:
-            for seed in spec.search.seeds:
+            # early stopping: up the rungs first (returns at once without them)
+            climb(ctx, spec, choice, tune_trial_id=tid, execute=execute, report=tune.report,
+                  on_seed=live.seed)  # fmt: skip
+            for i, seed in enumerate(spec.search.seeds):
+                live.seed(i, seed)
                 per_seed.append(
                     run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=execute)
                 )
@@ -346,6 +394,10 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
             else:
                 tune.report({ERROR_KEY: first_line(f"{type(exc).__name__}: {exc}")})
             return
+        finally:
+            unlisten()
+            activate(None)
+            live.close()
         tune.report({**mean_metrics(per_seed), "seeds_done": len(per_seed)})
 
     return trial_fn
@@ -357,10 +409,14 @@ __all__ = [
     "STOP_KEY",
     "StudyContext",
     "Watchdog",
+    "base_row",
+    "choice_hash",
+    "execute_recorded",
     "execute_trial",
     "make_trial_fn",
     "mean_metrics",
     "resolve_data",
+    "run_dir",
     "run_seed",
     "trial_config",
 ]

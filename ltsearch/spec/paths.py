@@ -7,7 +7,10 @@ Rules (README "Writing a study"):
   ``train_images``, ``val_images``; for the synthetic one the last two are counts) and
   ``model.backbone_weights`` are relative to the study file's own directory, so a study
   and its data can move together and be run from anywhere;
-- ``~`` is expanded in both.
+- ``tracking.mlflow``, when it names a local store (a directory, ``file:DIR`` or
+  ``sqlite:///FILE.db``), is relative to the study file's own directory too
+  (:func:`tracking_uri`; ``--mlflow`` is relative to the working directory);
+- ``~`` is expanded in all of them.
 
 The same rules apply inside the study's ``smoke:`` block. Below the loader nothing sees a
 relative path: :func:`require_absolute` is asserted by the runner and the trainable, since
@@ -18,6 +21,7 @@ nowhere.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from typing import Any
 from ltsearch.errors import SpecError
 
 DATASET_PATH_KEYS = ("train", "val", "images", "train_images", "val_images")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):")  # two letters at least: not "C:"
 
 
 def absolute(path: str | os.PathLike[str], base: str | os.PathLike[str]) -> str:
@@ -61,11 +66,56 @@ def _resolve_section(
     model = raw.get("model")
     if isinstance(model, Mapping) and _is_path(model.get("backbone_weights")):
         raw["model"] = {**model, "backbone_weights": absolute(model["backbone_weights"], spec_dir)}
+    tracking = raw.get("tracking")
+    if isinstance(tracking, Mapping) and _is_path(tracking.get("mlflow")):
+        raw["tracking"] = {**tracking, "mlflow": tracking_uri(tracking["mlflow"], spec_dir)}
     return raw
 
 
 def _is_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
+
+
+def uri_scheme(uri: str) -> str | None:
+    """The scheme of a URI, lowercase (``sqlite`` for ``sqlite:///x.db``); None for a path."""
+    m = _SCHEME.match(uri)
+    return m[1].lower() if m else None
+
+
+def tracking_path(uri: str) -> str | None:
+    """The local path an MLflow tracking URI stores into: the directory of a file store
+    (a path, ``file:DIR``, ``file:///DIR``) or the file of ``sqlite:///FILE``; None for
+    anything else (a tracking server, a remote database, ``databricks``)."""
+    from urllib.parse import unquote
+
+    scheme = uri_scheme(uri)
+    if scheme is None:
+        return None if uri == "databricks" else uri  # MLflow's name of a Databricks workspace
+    rest = uri.split(":", 1)[1]
+    if scheme == "file":
+        if rest.startswith("//"):
+            host, _, path = rest[2:].partition("/")
+            return unquote("/" + path) if host in ("", "localhost") else None
+        return unquote(rest)
+    if scheme.partition("+")[0] == "sqlite" and rest.startswith("///"):
+        return rest[3:]  # sqlite:///rel.db is relative, sqlite:////abs.db absolute
+    return None
+
+
+def tracking_uri(uri: str, base: str | os.PathLike[str]) -> str:
+    """``uri`` with the local path it names made absolute against ``base`` (unchanged when
+    it names none, or an absolute one): ``mlruns`` -> ``/base/mlruns``, ``file:mlruns``
+    -> ``file:///base/mlruns``, ``sqlite:///m.db`` -> ``sqlite:////base/m.db``."""
+    path = tracking_path(uri)
+    if not path or os.path.isabs(path):
+        return uri
+    full = absolute(path, base)
+    scheme = uri_scheme(uri)
+    if scheme is None:
+        return full
+    if scheme == "file":
+        return Path(full).as_uri()
+    return f"{uri.split(':', 1)[0]}:///{full}"
 
 
 def inside(storage: Path, name: str) -> Path:
@@ -104,6 +154,10 @@ def spec_paths(spec: Any) -> Iterator[tuple[str, str]]:
             yield f"dataset.{key}", str(value)
     if spec.model.backbone_weights is not None:
         yield "model.backbone_weights", str(spec.model.backbone_weights)
+    tracking = getattr(spec, "tracking", None)
+    local = None if tracking is None or tracking.mlflow is None else tracking_path(tracking.mlflow)
+    if local is not None:
+        yield "tracking.mlflow", local
 
 
 def require_absolute(spec: Any) -> None:
@@ -124,4 +178,7 @@ __all__ = [
     "require_absolute",
     "resolve_raw",
     "spec_paths",
+    "tracking_path",
+    "tracking_uri",
+    "uri_scheme",
 ]

@@ -1,4 +1,4 @@
-"""Sections of a study spec: dataset, model, search, resources, reference.
+"""Sections of a study spec: dataset, model, search, resources, reference, tracking.
 
 ``loss`` is in :mod:`ltsearch.spec.loss`, ``training`` in :mod:`ltsearch.spec.training`.
 
@@ -14,7 +14,9 @@ from typing import Annotated, Any, Literal, NamedTuple
 from pydantic import Field, StrictBool, field_validator, model_validator
 
 from ltsearch.errors import SpecError
+from ltsearch.spec.early_stopping import EarlyStopping
 from ltsearch.spec.loss import Float, Int, Strict
+from ltsearch.spec.paths import tracking_path, uri_scheme
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 METRICS = tuple(f"{kind}/{m}" for kind in ("bbox", "segm") for m in METRIC_NAMES)
@@ -168,7 +170,8 @@ class SearchSpec(Strict):
     ``max_retries``: how many times a trial whose process or node died (SIGKILL, OOM
     killer, node loss) is started again; it resumes from its last epoch checkpoint. An
     error raised by the run itself is recorded once and never retried: a run is
-    deterministic for its seed."""
+    deterministic for its seed. ``early_stopping``: stop configurations that fall behind at
+    rung epochs (end-to-end studies; :mod:`ltsearch.spec.early_stopping`)."""
 
     sampler: Literal["tpe", "nsga2", "grid", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["bbox/APr:max", "bbox/APf:max"])
@@ -180,6 +183,7 @@ class SearchSpec(Strict):
     max_failures: Annotated[Int, Field(ge=0)] = 3
     trial_timeout: PosFloat | None = None
     max_retries: Annotated[Int, Field(ge=0, le=100)] = 2
+    early_stopping: EarlyStopping | None = None  # MO-ASHA rungs (ltsearch.spec.early_stopping)
 
     @field_validator("objectives")
     @classmethod
@@ -246,7 +250,63 @@ class Reference(Strict):
     rows: list[dict[str, Any]] = Field(min_length=1)
 
 
+TRACKING_SCHEMES = (
+    "file",
+    "sqlite",
+    "http",
+    "https",
+    "postgresql",
+    "mysql",
+    "mssql",
+    "databricks",
+)
+"""Schemes of the MLflow tracking stores a study may name (``sqlite+driver`` counts as
+``sqlite``); a value without a scheme is a local directory (a file store)."""
+TRACKING_FIX = (
+    "use http(s)://HOST:PORT (a tracking server), sqlite:///FILE.db, file:DIR or a directory"
+)
+
+
+class Tracking(Strict):
+    """Experiment tracking besides the parquet results (README "Tracking", module
+    :mod:`ltsearch.tracking`). ``mlflow``: an MLflow tracking URI; a local one (a
+    directory, ``file:DIR``, ``sqlite:///FILE.db``) relative to the study file's directory.
+    Logging needs the ``mlflow`` package (``pip install 'ltsearch[mlflow]'``)."""
+
+    mlflow: Annotated[str, Field(min_length=1)] | None = None
+
+    @field_validator("mlflow")
+    @classmethod
+    def _uri(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_tracking_uri(value)
+        return value
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise :class:`SpecError` (no key path) unless ``uri`` can name an MLflow store."""
+    if not uri.strip() or any(ord(c) < 32 for c in uri):
+        raise SpecError(f"{uri!r} is not a URI; {TRACKING_FIX}")
+    scheme = uri_scheme(uri)
+    if scheme is None:
+        return
+    if scheme.partition("+")[0] not in TRACKING_SCHEMES:
+        raise SpecError(f"scheme {scheme!r} is not an MLflow tracking store; {TRACKING_FIX}")
+    if scheme in ("http", "https"):
+        from urllib.parse import urlsplit
+
+        try:
+            host = urlsplit(uri).hostname
+        except ValueError:  # a malformed port or IPv6 address
+            host = None
+        if not host:
+            raise SpecError(f"{uri!r} names no host; use {scheme}://HOST:PORT")
+    if scheme.startswith("sqlite") and not tracking_path(uri):
+        raise SpecError(f"{uri!r} names no database file; use sqlite:///FILE.db")
+
+
 __all__ = [
     "METRICS", "METRIC_NAMES", "DatasetSpec", "LvisData", "ModelSection", "Objective",
     "PosFloat", "PosInt", "Reference", "Resources", "SearchSpec", "Seed", "SyntheticData",
+    "TRACKING_SCHEMES", "Tracking", "check_tracking_uri",
 ]  # fmt: skip

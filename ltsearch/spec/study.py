@@ -13,6 +13,7 @@ Sections (see ``studies/*.yaml`` for complete examples)::
     storage: runs                     # root directory; the study writes to <storage>/<name>
     reference: {source: ACSL Table 2, rows: [{xi: 0.7, APr: 18.6, APf: 29.4}]}
     smoke: {search: {trials: 3}}      # extra overrides for --smoke (see StudySpec.smoked)
+    tracking: {mlflow: mlruns}        # optional: also log runs to MLflow (ltsearch.tracking)
 
 Every error is a :class:`~ltsearch.errors.SpecError` whose ``str`` is one line:
 ``<file>: <key.path>: <what is wrong>; <what is allowed / the fix>``. Loading checks the
@@ -24,18 +25,27 @@ from __future__ import annotations
 import copy
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ltsearch.errors import SpecError
+from ltsearch.spec.early_stopping import check_early_stopping
 from ltsearch.spec.io import from_validation_error, parse_yaml
 from ltsearch.spec.loss import LossSpec, Strict
-from ltsearch.spec.paths import absolute, inside, resolve_raw
+from ltsearch.spec.overrides import apply_overrides, blame, parse_overrides
+from ltsearch.spec.paths import absolute, inside, resolve_raw, tracking_uri
 from ltsearch.spec.points import check_point, check_reference_row, param_key
-from ltsearch.spec.sections import DatasetSpec, ModelSection, Reference, Resources, SearchSpec
+from ltsearch.spec.sections import (
+    DatasetSpec,
+    ModelSection,
+    Reference,
+    Resources,
+    SearchSpec,
+    Tracking,
+)
 from ltsearch.spec.training import TrainingSpec
 
 SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")  # fullmatch: "$" would let a newline end it
@@ -71,6 +81,7 @@ class StudySpec(Strict):
     storage: str = Field("runs", min_length=1)
     reference: Reference | None = None
     smoke: dict[str, Any] | None = None
+    tracking: Tracking | None = None
 
     @field_validator("name")
     @classmethod
@@ -101,6 +112,8 @@ class StudySpec(Strict):
                         path=["search", "objectives", i],
                     )
         self._check_trials()
+        check_early_stopping(self.search.early_stopping, self.training.schedule,
+                             self.training.epochs)  # fmt: skip
         for i, point in enumerate(self.search.initial_points):
             check_point(point, self.loss, ["search", "initial_points", i])
         if self.reference is not None:
@@ -181,17 +194,26 @@ class StudySpec(Strict):
         return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
     def with_overrides(
-        self, *, storage: str | Path | None = None, dataset: Mapping[str, Any] | None = None
+        self,
+        *,
+        storage: str | Path | None = None,
+        dataset: Mapping[str, Any] | None = None,
+        mlflow: str | None = None,
     ) -> StudySpec:
-        """A copy with ``storage`` and/or ``dataset`` (a dataset section mapping) replaced.
+        """A copy with ``storage``, ``dataset`` (a dataset section mapping) and/or
+        ``tracking.mlflow`` replaced.
 
-        A relative ``storage`` is taken relative to the working directory (as ``--storage``).
+        A relative ``storage``, and an ``mlflow`` URI naming a relative local path, are
+        taken relative to the working directory (as ``--storage`` and ``--mlflow``).
         """
         raw = self.to_dict()
         if storage is not None:
             raw["storage"] = absolute(storage, Path.cwd())
         if dataset is not None:
             raw["dataset"] = dict(dataset)
+        if mlflow is not None:
+            uri = tracking_uri(mlflow, Path.cwd())
+            raw["tracking"] = {**raw.get("tracking", {}), "mlflow": uri}
         return spec_from_dict(raw)
 
     def smoked(self) -> StudySpec:
@@ -235,6 +257,7 @@ class StudySpec(Strict):
         search["trials"] = trials
         search["seeds"] = self.search.seeds[:1]
         search["initial_points"] = search.get("initial_points", [])[:trials]
+        search.pop("early_stopping", None)  # 1 epoch: no rung to stop at
         return _deep_merge(raw, self.smoke or {})
 
 
@@ -266,15 +289,17 @@ def spec_from_dict(data: Any, *, file: str | None = None) -> StudySpec:
         raise from_validation_error(exc, file) from None
 
 
-def load_spec(path: str | Path) -> StudySpec:
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> StudySpec:
     """Read and validate a study YAML file, with every path in it made absolute: storage
     relative to the working directory, dataset and weight paths relative to the file's own
-    directory (:mod:`ltsearch.spec.paths`).
+    directory (:mod:`ltsearch.spec.paths`). ``overrides`` (``--set KEY=VALUE`` arguments,
+    :mod:`ltsearch.spec.overrides`) are applied to the parsed file before it is validated.
 
     Raises:
         SpecError: missing or unreadable file, YAML syntax error (with its line), a tag
             other than plain data (e.g. ``!!python/object``), duplicate keys, a non-mapping
-            top level, or any invalid key or value (with its key path).
+            top level, or any invalid key or value (with its key path and the ``--set``
+            it comes from).
     """
     file = str(path)
     try:
@@ -287,8 +312,13 @@ def load_spec(path: str | Path) -> StudySpec:
         raise SpecError("is not UTF-8 text; save the study as UTF-8 YAML", file=file) from None
     except OSError as exc:
         raise SpecError(f"cannot be read ({exc.strerror}); check it", file=file) from None
-    raw = resolve_raw(parse_yaml(text, file), spec_dir=Path(path).expanduser().absolute().parent)
-    return spec_from_dict(raw, file=file)
+    sets = parse_overrides(overrides, file)
+    raw = apply_overrides(parse_yaml(text, file), sets, file)
+    raw = resolve_raw(raw, spec_dir=Path(path).expanduser().absolute().parent)
+    try:
+        return spec_from_dict(raw, file=file)
+    except SpecError as exc:
+        raise blame(exc, sets) from None
 
 
 __all__ = [

@@ -45,6 +45,18 @@ def test_smoke_run_stores_ok_rows(smoke_run: SmokeRun) -> None:
     assert not problems, "\n".join(problems) + "\n" + smoke_run.ran.describe()
 
 
+def test_smoke_run_prints_plain_timestamped_progress(smoke_run: SmokeRun) -> None:
+    """Output that is not a terminal (a pipe here, CI logs, ``ray job submit``) gets the
+    live view as plain timestamped lines, no terminal control codes."""
+    lines = re.findall(
+        rf"^\[\d\d:\d\d:\d\d\] {smoke_run.name}: (\d+)/(\d+) trials", smoke_run.ran.out, re.M
+    )
+    assert lines, smoke_run.ran.describe()
+    assert all(int(total) == smoke_run.trials for _, total in lines)
+    assert "\x1b[J" not in smoke_run.ran.out  # no redraw (Ray colours its own prefixes)
+    assert "now: " in smoke_run.ran.out and "stage 1" in smoke_run.ran.out
+
+
 def test_status_from_another_directory(smoke_run: SmokeRun) -> None:
     assert smoke_run.ran.rc == 0, smoke_run.ran.describe()
     cwd, rel = _elsewhere(smoke_run)

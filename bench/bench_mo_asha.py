@@ -1,0 +1,241 @@
+"""Early stopping on an end-to-end study: full training vs MO-ASHA vs single-objective ASHA.
+
+One end-to-end study of the embedded synthetic data (tiny backbone, 64 px, masks off) runs
+three times through :func:`ltsearch.run.driver.run_study`, as ``ltsearch run`` runs it:
+
+- ``full``: every configuration trains all its epochs (no ``search.early_stopping``);
+- ``mo-asha``: ``search.early_stopping`` (this project's scheduler: promotion by
+  non-dominated sorting on (AP_r, AP_f), crowding distance within a rank);
+- ``asha``: the same rungs and reduction, decided by Ray Tune's own
+  ``AsyncHyperBandScheduler`` on AP_r alone (its decisions, our bookkeeping around them).
+
+The configurations are a grid over three losses (ACSL, Seesaw, EQLv2), asked in the same
+order in every run, so a configuration trained to the end has the same metrics in each
+(runs are deterministic for their seed). For each run: epochs trained (configuration x
+seed), wall time, the hypervolume of the front of its fully trained configurations (mean
+over seeds of AP_r and AP_f in %, reference point (0, 0)) and how many of the full run's
+front members it trained to the end. Stopped configurations never count in a front.
+
+Full size: 16 configurations x 2 seeds x 9 epochs, rungs [1, 3], reduction 3 (tens of
+minutes on 2 cores; the estimate is printed first). ``--quick``: 6 configurations x 1 seed x
+3 epochs, rung [1] (a few minutes). ``--rungs``/``--reduction`` try other rungs (ASHA's
+rungs are geometric from the first: give ones that are).
+
+    .venv/bin/python bench/bench_mo_asha.py [--quick] [--keep DIR] [--rungs 3 ...] [--reduction 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from ltmodels.trial.run import run_trial  # noqa: E402
+from ltsearch.report.pareto import hypervolume  # noqa: E402
+from ltsearch.report.tables import prepare_runs, summarize  # noqa: E402
+from ltsearch.run.driver import run_study  # noqa: E402
+from ltsearch.run.rung_scheduler import Rule  # noqa: E402
+from ltsearch.run.rungs import RUNG_KEY  # noqa: E402
+from ltsearch.run.trainable import StudyContext, resolve_data, trial_config  # noqa: E402
+from ltsearch.spec.sections import Objective  # noqa: E402
+from ltsearch.spec.study import StudySpec, spec_from_dict  # noqa: E402
+from ltsearch.store import ResultStore  # noqa: E402
+
+# 120 training images: the fewest with frequent classes (> 100 images), so AP_f is defined
+DATASET = {"kind": "synthetic", "classes": 6, "train_images": 120, "val_images": 24,
+           "image_size": 64, "seed": 0}  # fmt: skip
+MODEL = {"backbone": "tiny", "masks": False, "min_size": 64, "max_size": 64}
+OBJECTIVES = [Objective("bbox/APr", "max"), Objective("bbox/APf", "max")]
+FULL_LOSSES = [
+    {"name": "acsl", "params": {"xi": {"grid": [0.1, 0.3, 0.5, 0.7, 0.8, 0.9]}}},
+    {"name": "seesaw", "params": {"p": {"grid": [0.4, 0.8, 1.6]}, "q": {"grid": [1.0, 3.0]}}},
+    {"name": "eqlv2", "params": {"gamma": {"grid": [6.0, 12.0]}, "alpha": {"grid": [2.0, 8.0]}}},
+]
+QUICK_LOSSES = [
+    {"name": "acsl", "params": {"xi": {"grid": [0.2, 0.5, 0.8]}}},
+    {"name": "seesaw", "params": {"p": {"grid": [0.4, 0.8, 1.6]}}},
+]
+
+
+@dataclass(frozen=True)
+class Size:
+    losses: list[dict[str, Any]]
+    seeds: list[int]
+    epochs: int
+    rungs: list[int]
+    reduction: int
+
+
+FULL = Size(FULL_LOSSES, [0, 1], 9, [1, 3], 3)
+QUICK = Size(QUICK_LOSSES, [0], 3, [1], 3)
+
+
+def make_spec(name: str, storage: Path, size: Size, early: bool) -> StudySpec:
+    search: dict[str, Any] = {
+        "sampler": "grid",
+        "objectives": [f"{o.metric}:{o.direction}" for o in OBJECTIVES],
+        "seeds": size.seeds,
+    }
+    if early:
+        search["early_stopping"] = {"rungs": size.rungs, "reduction": size.reduction}
+    return spec_from_dict(
+        {
+            "name": name,
+            "dataset": DATASET,
+            "model": MODEL,
+            "training": {
+                "schedule": "end_to_end",
+                "epochs": size.epochs,
+                "lr": 0.02,
+                "batch_size": 8,
+                "warmup_iters": 20,
+            },  # fmt: skip
+            "loss": {"choice": size.losses},
+            "search": search,
+            "storage": str(storage),
+        }
+    )
+
+
+def asha_rule(spec: StudySpec) -> Rule:
+    """Ray Tune's ASHA on AP_r with the study's rungs (``grace_period`` the first rung,
+    geometric by ``reduction`` up to ``training.epochs``): its decision on each rung."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    early = spec.search.early_stopping
+    assert early is not None
+    asha = AsyncHyperBandScheduler(
+        time_attr=RUNG_KEY,
+        metric="bbox/APr",
+        mode="max",
+        max_t=spec.training.epochs,
+        grace_period=early.rungs[0],
+        reduction_factor=early.reduction,
+    )
+    apr = spec.search.metric_names.index("bbox/APr")
+
+    def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
+        if trial.trial_id not in asha._trial_info:
+            asha.on_trial_add(None, trial)  # type: ignore[arg-type]
+        result = {RUNG_KEY: rung, "bbox/APr": values[apr]}
+        return asha.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE  # type: ignore[arg-type]
+
+    return rule
+
+
+@dataclass
+class Outcome:
+    name: str
+    wall_s: float
+    epochs: int
+    trained: set[str]  # configurations trained to the end (labels)
+    front: set[str]
+    hv: float
+
+
+def measure(name: str, spec: StudySpec, wall_s: float) -> Outcome:
+    runs = ResultStore(spec.study_dir).load_trials()
+    ok = runs["status"] == "ok"
+    stopped = runs.loc[runs["status"] == "stopped", RUNG_KEY] if RUNG_KEY in runs else []
+    epochs = int(ok.sum()) * spec.training.epochs + int(sum(stopped))
+    runs, _ = prepare_runs(runs)
+    configs = summarize(runs, OBJECTIVES, [o.metric for o in OBJECTIVES]).configs
+    values = configs[[f"{o.metric}.mean" for o in OBJECTIVES]].to_numpy(float)
+    hv = hypervolume(values, [o.direction for o in OBJECTIVES], [0.0, 0.0])
+    return Outcome(
+        name,
+        wall_s,
+        epochs,
+        set(configs["label"]),
+        set(configs.loc[configs["front"], "label"]),
+        hv,
+    )
+
+
+def calibrate(storage: Path) -> tuple[float, float]:
+    """Seconds of one training epoch and of one evaluation of one configuration here (one
+    trial of one epoch, in-process: the machine's load at that moment included)."""
+    spec = make_spec("calibrate", storage, QUICK, early=False)
+    ctx = StudyContext(spec=spec.to_dict(), study_dir=str(spec.study_dir), data=resolve_data(spec))
+    cfg = trial_config(ctx, spec, {"loss": "acsl", "loss_params": {"xi": 0.5}}, 0)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_trial(replace(cfg, train=replace(cfg.train, epochs=1)), workdir=tmp)
+    return result.timings["train"], result.timings["eval"]
+
+
+def estimate_s(size: Size, n_configs: int, epoch_s: float, eval_s: float) -> float:
+    """The three runs: the full one (each run: its epochs, one evaluation, ~3 s of set-up;
+    ~20 s of Ray start), and each early-stopping run taken as half of it (it trains 1/4 to
+    3/4 of the epochs, and evaluates at every rung it reaches)."""
+    runs = n_configs * len(size.seeds)
+    full = runs * (size.epochs * epoch_s + eval_s + 3.0) + 20.0
+    return 2 * full
+
+
+def report(outcomes: list[Outcome], size: Size, n_configs: int) -> None:
+    full = outcomes[0]
+    print(
+        f"\n{n_configs} configurations x {len(size.seeds)} seed(s) x {size.epochs} epochs, "
+        f"rungs {size.rungs}, reduction {size.reduction}; front in (AP_r, AP_f) %, "
+        "hypervolume against (0, 0)"
+    )
+    print("| run | epochs trained | wall time | hypervolume | share of full HV | full-front "
+          "members trained to the end |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for o in outcomes:
+        kept = len(full.front & o.trained)
+        share = o.hv / full.hv if full.hv else float("nan")
+        print(
+            f"| {o.name} | {o.epochs} ({100 * o.epochs / full.epochs:.0f}%) | {o.wall_s:.0f} s "
+            f"| {o.hv:.2f} | {100 * share:.1f}% | {kept} of {len(full.front)} |"
+        )
+    print(f"\nfull-run front: {', '.join(sorted(full.front))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="6 configs x 1 seed x 3 epochs")
+    parser.add_argument("--keep", type=Path, help="keep the three studies under this directory")
+    parser.add_argument("--rungs", type=int, nargs="+", help="rung epochs instead of the size's")
+    parser.add_argument("--reduction", type=int, help="reduction instead of the size's")
+    args = parser.parse_args()
+    size = QUICK if args.quick else FULL
+    size = replace(
+        size, rungs=args.rungs or size.rungs, reduction=args.reduction or size.reduction
+    )
+    storage = Path(args.keep or tempfile.mkdtemp(prefix="bench-mo-asha-")).resolve()
+    storage.mkdir(parents=True, exist_ok=True)
+    n_configs = make_spec("full", storage, size, early=False).n_trials
+    epoch_s, eval_s = calibrate(storage)
+    full_epochs = n_configs * len(size.seeds) * size.epochs
+    print(
+        f"{n_configs} configurations x {len(size.seeds)} seed(s) x {size.epochs} epochs = "
+        f"{full_epochs} epochs for the full run; one epoch {epoch_s:.1f} s and one "
+        f"evaluation {eval_s:.1f} s here (measured now): about "
+        f"{estimate_s(size, n_configs, epoch_s, eval_s) / 60:.0f} min for the three runs",
+        flush=True,
+    )
+    outcomes = []
+    try:
+        for name, early, rule in (("full", False, None), ("mo-asha", True, None),
+                                  ("asha-apr", True, asha_rule)):  # fmt: skip
+            spec = make_spec(name, storage, size, early)
+            t0 = time.perf_counter()
+            run_study(spec, progress=False, rule=None if rule is None else rule(spec))
+            outcomes.append(measure(name, spec, time.perf_counter() - t0))
+            print(f"{name}: {outcomes[-1].epochs} epochs, {outcomes[-1].wall_s:.0f} s", flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(storage, ignore_errors=True)
+    report(outcomes, size, n_configs)
+
+
+if __name__ == "__main__":
+    main()

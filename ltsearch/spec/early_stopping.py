@@ -1,0 +1,74 @@
+"""``search.early_stopping``: multi-objective asynchronous successive halving (MO-ASHA).
+
+::
+
+    search:
+      early_stopping: {rungs: [1, 3, 9], reduction: 3}
+
+Every configuration trains (each seed in turn) up to the first rung epoch and is evaluated
+there; it goes on to the next rung only if it is among the best ``1/reduction`` of the
+configurations that reached that rung so far, by non-dominated sorting on the study's
+objectives (:mod:`ltsearch.run.moasha`). A rung at ``training.epochs`` is the end of training
+(no decision there). End-to-end studies only: a decoupled trial's stage 2 is short, and its
+feature-cache path trains in one go. Without the key every configuration trains to the end.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+
+from ltsearch.errors import SpecError
+from ltsearch.spec.loss import Int, Strict
+
+PosInt = Annotated[Int, Field(gt=0)]
+
+
+class EarlyStopping(Strict):
+    """Rungs (epochs, strictly increasing) and the reduction factor: ``1/reduction`` of the
+    configurations at a rung go on."""
+
+    rungs: list[PosInt] = Field(min_length=1)
+    reduction: Annotated[Int, Field(ge=2)] = 3
+
+    @field_validator("rungs")
+    @classmethod
+    def _increasing(cls, value: list[int]) -> list[int]:
+        for i in range(1, len(value)):
+            if value[i] <= value[i - 1]:
+                raise SpecError(
+                    f"rungs must be strictly increasing epochs, but {value[i]} follows "
+                    f"{value[i - 1]}; e.g. [1, 3, 9]",
+                    path=[i],
+                )
+        return value
+
+    def decision_rungs(self, epochs: int) -> list[int]:
+        """The rungs where a configuration may be stopped: those before ``epochs``."""
+        return [r for r in self.rungs if r < epochs]
+
+
+def check_early_stopping(early: EarlyStopping | None, schedule: str, epochs: int) -> None:
+    """The checks that need the training section (called by the study's cross-checks).
+
+    Raises:
+        SpecError: early stopping under a decoupled schedule, or a rung past the epochs.
+    """
+    if early is None:
+        return
+    if schedule != "end_to_end":
+        raise SpecError(
+            "applies to training.schedule: end_to_end only (a decoupled trial's stage 2 is "
+            "short); remove it or train end to end",
+            path=["search", "early_stopping"],
+        )
+    if early.rungs[-1] > epochs:
+        raise SpecError(
+            f"the last rung {early.rungs[-1]} is past training.epochs {epochs}; use rungs "
+            f"up to {epochs} (a rung at {epochs} is the end of training)",
+            path=["search", "early_stopping", "rungs"],
+        )
+
+
+__all__ = ["EarlyStopping", "check_early_stopping"]
