@@ -47,14 +47,15 @@ def test_smoke_run_stores_ok_rows(smoke_run: SmokeRun) -> None:
 
 def test_smoke_run_prints_plain_timestamped_progress(smoke_run: SmokeRun) -> None:
     """Output that is not a terminal (a pipe here, CI logs, ``ray job submit``) gets the
-    live view as plain timestamped lines, no terminal control codes."""
+    live view as plain timestamped lines, no terminal control codes. (Which phases show
+    depends on how long each lasts against the 10 s between lines: the phases in a pipe
+    are checked in test_live_progress, whose watcher prints every change.)"""
     lines = re.findall(
         rf"^\[\d\d:\d\d:\d\d\] {smoke_run.name}: (\d+)/(\d+) trials", smoke_run.ran.out, re.M
     )
     assert lines, smoke_run.ran.describe()
     assert all(int(total) == smoke_run.trials for _, total in lines)
     assert "\x1b[J" not in smoke_run.ran.out  # no redraw (Ray colours its own prefixes)
-    assert "now: " in smoke_run.ran.out and "stage 1" in smoke_run.ran.out
 
 
 def test_status_from_another_directory(smoke_run: SmokeRun) -> None:
