@@ -42,8 +42,8 @@ from ltsearch.report.pareto import hypervolume  # noqa: E402
 from ltsearch.report.tables import prepare_runs, summarize  # noqa: E402
 from ltsearch.run.driver import run_study  # noqa: E402
 from ltsearch.run.rung_scheduler import Rule  # noqa: E402
-from ltsearch.run.rungs import RUNG_KEY  # noqa: E402
 from ltsearch.run.trainable import StudyContext, resolve_data, trial_config  # noqa: E402
+from ltsearch.rung_log import RUNG_KEY  # noqa: E402
 from ltsearch.spec.sections import Objective  # noqa: E402
 from ltsearch.spec.study import StudySpec, spec_from_dict  # noqa: E402
 from ltsearch.store import ResultStore  # noqa: E402

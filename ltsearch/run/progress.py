@@ -14,8 +14,8 @@ from typing import Any
 
 from ray.tune import Callback
 
-from ltsearch.run.rungs import RUNG_KEY, stopped_at
 from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
+from ltsearch.rung_log import RUNG_KEY, stopped_at
 from ltsearch.spec.study import StudySpec
 
 

@@ -29,7 +29,8 @@ from typing import Any
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ltsearch.run.moasha import promote
-from ltsearch.run.rungs import (
+from ltsearch.run.trainable import ERROR_KEY
+from ltsearch.rung_log import (
     CONFIG_KEY,
     CONTINUE,
     RUNG_KEY,
@@ -40,7 +41,6 @@ from ltsearch.run.rungs import (
     append_log,
     read_log,
 )
-from ltsearch.run.trainable import ERROR_KEY
 from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
 

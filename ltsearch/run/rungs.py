@@ -29,22 +29,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ltmodels.engine.atomic import write_atomic
-from ltsearch.rung_log import (  # noqa: F401 (re-exported: the log's names, for run/)
+from ltsearch.run import records as rec
+from ltsearch.rung_log import (
     CONFIG_KEY,
     CONTINUE,
-    LOG_FILE,
     RUNG_KEY,
     RUNS_KEY,
-    STOP,
     STOPPED,
-    RungRecord,
-    append_log,
     decision_rungs,
     decisions,
-    read_log,
-    stopped_at,
 )
 from ltsearch.spec.study import StudySpec
+from ltsearch.store import ResultStore
 
 if TYPE_CHECKING:
     from ltsearch.run.trainable import StudyContext
@@ -84,10 +80,10 @@ def rung_run(
     """
     from ltsearch.run import trainable as tr
 
-    store = tr.ResultStore(ctx.study_dir)
-    chash = tr.choice_hash(choice, spec)
-    tr._stored_metrics(store, chash, seed)  # raises for a failed seed
-    workdir = tr.run_dir(ctx, chash, seed)
+    store = ResultStore(ctx.study_dir)
+    chash = rec.choice_hash(choice, spec)
+    rec.stored_metrics(store, chash, seed)  # raises for a failed seed
+    workdir = rec.run_dir(ctx, chash, seed)
     cached = _rung_file(workdir, rung)
     if cached.is_file():
         return json.loads(cached.read_text())
@@ -95,9 +91,9 @@ def rung_run(
     segm = any(m.startswith("segm/") for m in spec.search.metric_names)
     cfg = replace(cfg, stop_at_epoch=rung, eval_masks=cfg.eval_masks and segm)
     before = _earlier(workdir, rung)
-    row = tr.base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
+    row = rec.base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
     t0 = time.perf_counter()
-    result = tr.execute_recorded(spec, store, row, t0, cfg, workdir, execute)
+    result = rec.execute_recorded(spec, store, row, t0, cfg, workdir, execute)
     spent = (before or {}).get("row", {}).get("time_total_s", 0.0)
     row.update(
         status=STOPPED,
@@ -132,10 +128,10 @@ def climb(
     """
     from ltsearch.run import trainable as tr
 
-    store = tr.ResultStore(ctx.study_dir)
-    chash = tr.choice_hash(choice, spec)
+    store = ResultStore(ctx.study_dir)
+    chash = rec.choice_hash(choice, spec)
     seeds = spec.search.seeds
-    if any(tr._stored_metrics(store, chash, s) is not None for s in seeds):
+    if any(rec.stored_metrics(store, chash, s) is not None for s in seeds):
         return
     done = decisions(ctx.study_dir, chash)
     for rung in decision_rungs(spec):
@@ -159,7 +155,4 @@ def _metrics(row: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in row.items() if k.startswith(("bbox/", "segm/"))}
 
 
-__all__ = [
-    "CONFIG_KEY", "CONTINUE", "LOG_FILE", "RUNG_KEY", "RUNS_KEY", "RungRecord", "STOP", "STOPPED",
-    "append_log", "climb", "decision_rungs", "decisions", "read_log", "rung_run", "stopped_at",
-]  # fmt: skip
+__all__ = ["climb", "rung_run"]

@@ -95,7 +95,7 @@ def _adopting_search_cls() -> type:
     from optuna.trial import Trial
     from ray.tune.search.optuna import OptunaSearch
 
-    from ltsearch.run.rungs import RUNG_KEY
+    from ltsearch.rung_log import RUNG_KEY
 
     class AdoptingOptunaSearch(OptunaSearch):
         """OptunaSearch that first hands out the given RUNNING journal trials (a killed
@@ -150,7 +150,7 @@ def _adopting_search_cls() -> type:
             rungs (Ctrl-C, ``ltsearch stop``): left RUNNING for resume to adopt."""
             from optuna.trial import TrialState
 
-            from ltsearch.run.rungs import stopped_at
+            from ltsearch.rung_log import stopped_at
 
             self._completed_trials.add(trial_id)
             rung = None if self._study_dir is None else stopped_at(self._study_dir, result)

@@ -28,7 +28,8 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from ltsearch.control import stop_requested
-from ltsearch.run.trainable import ERROR_KEY, STOP_KEY, first_line
+from ltsearch.run.records import first_line
+from ltsearch.run.trainable import ERROR_KEY, STOP_KEY
 from ltsearch.store import ResultStore
 
 _PATH = re.compile(r"(?:[A-Za-z]:)?(?:[\w.~-]*/)+[\w.<>-]*")

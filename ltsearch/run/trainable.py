@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,8 +27,14 @@ from typing import Any
 from ltmodels.engine.atomic import disk_full
 from ltmodels.errors import ConfigError
 from ltsearch.errors import SpecError
-from ltsearch.provenance import run_metadata
-from ltsearch.spec.hashing import config_hash
+from ltsearch.run.records import (
+    base_row,
+    choice_hash,
+    execute_recorded,
+    first_line,
+    run_dir,
+    stored_metrics,
+)
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.store import ResultStore
@@ -129,104 +132,6 @@ def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], 
     )
 
 
-def _flat_params(choice: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"param.{choice['loss']}.{k}": v for k, v in choice["loss_params"].items()}
-
-
-class RecordedFailure(RuntimeError):
-    """A (configuration, seed) whose failure is already in parquet: raised again instead
-    of running it again (a run is deterministic for its seed, so is its error)."""
-
-
-def _stored_metrics(store: ResultStore, chash: str, seed: int) -> dict[str, float] | None:
-    """The metrics of a stored ok run; ``None`` when none is stored.
-
-    Raises:
-        RecordedFailure: the run is stored as failed (a retry of its trial by Ray Tune
-            after its process died, or the driver's resume, reads the failure back).
-    """
-    df = store.load_trials()
-    if df.empty:
-        return None
-    hit = df[(df["config_hash"] == chash) & (df["seed"] == seed)]
-    hit = hit[hit["status"] != "stopped"]  # stopped early (ltsearch.run.rungs): not a failure
-    ok = hit[hit["status"] == "ok"]
-    if not ok.empty:
-        row = ok.iloc[-1]
-        return {c: float(row[c]) for c in ok.columns if c.startswith(("bbox/", "segm/"))}
-    if not hit.empty:
-        error = str(hit.iloc[-1].get("error") or "unknown error")
-        raise RecordedFailure(f"seed {seed} failed before: {error.strip().splitlines()[0]}")
-    return None
-
-
-def choice_hash(choice: Mapping[str, Any], spec: StudySpec) -> str:
-    """The configuration hash of a trial's ``choice`` (its parquet key and run directory)."""
-    return config_hash({"loss": choice["loss"], **_prefixed(choice)}, spec)
-
-
-def run_dir(ctx: StudyContext, chash: str, seed: int) -> Path:
-    """A (configuration, seed)'s run directory: its checkpoints."""
-    return Path(ctx.study_dir) / "runs" / f"{chash}-s{seed}"
-
-
-def base_row(
-    spec: StudySpec,
-    choice: Mapping[str, Any],
-    chash: str,
-    seed: int,
-    tune_trial_id: str,
-    device: str,
-) -> dict[str, Any]:
-    """The columns of a (configuration, seed) row known before it runs."""
-    return {
-        "study": spec.name,
-        "trial_id": chash,
-        "tune_trial_id": tune_trial_id,
-        "config_hash": chash,
-        "loss": choice["loss"],
-        **_flat_params(choice),
-        "seed": seed,
-        "schedule": spec.training.schedule,
-        "workers": spec.resources.workers,
-        "device": device,
-        "started_at": datetime.now(timezone.utc).isoformat(),
-        **run_metadata(),
-    }
-
-
-def execute_recorded(
-    spec: StudySpec,
-    store: ResultStore,
-    row: Mapping[str, Any],
-    t0: float,
-    cfg: Any,
-    workdir: Path,
-    execute: Callable[..., Any],
-) -> Any:
-    """``execute(cfg)`` under ``search.trial_timeout``; a failure is written as ``row``
-    with status failed (a full disk is not: ``resume`` runs it again), then re-raised."""
-
-    def record_failure(error: str) -> None:
-        failed = dict(row)
-        failed.update(
-            status="failed",
-            error=error,
-            time_total_s=time.perf_counter() - t0,
-            finished_at=datetime.now(timezone.utc).isoformat(),
-        )
-        store.write_trial(failed)
-
-    try:
-        with Watchdog(spec.search.trial_timeout, record_failure):
-            return execute(cfg, workdir=workdir, resources=spec.resources)
-    except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
-        if disk_full(exc):  # not the run's fault: no row, so `resume` runs it again
-            raise
-        record_failure(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}")
-        raise
-
-
 def run_seed(
     ctx: StudyContext,
     spec: StudySpec,
@@ -239,7 +144,7 @@ def run_seed(
     """Run (or read back) one seed; write its parquet parts; raise if it failed."""
     store = ResultStore(ctx.study_dir)
     chash = choice_hash(choice, spec)
-    stored = _stored_metrics(store, chash, seed)
+    stored = stored_metrics(store, chash, seed)
     if stored is not None:
         return stored
     cfg = trial_config(ctx, spec, choice, seed)
@@ -263,58 +168,6 @@ def run_seed(
 
 ERROR_KEY = "ltsearch_error"  # a trial's result when one of its runs failed
 STOP_KEY = "ltsearch_stop"  # ... when the storage is full: the study stops, resumable
-
-
-def first_line(text: str) -> str:
-    """The first non-blank line of an error text, stripped ("unknown error" if none)."""
-    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "unknown error")
-
-
-TIMEOUT_EXIT = 124  # the exit status of a run ended by search.trial_timeout (as timeout(1))
-
-
-class Watchdog:
-    """Ends a (configuration, seed) run that outlives ``search.trial_timeout``.
-
-    A hung run (a deadlock in a collective, a read from a dead mount) cannot be interrupted
-    from Python, so after ``timeout`` seconds the watchdog records the run as failed
-    (``TrialTimeout`` in its row) and ends the whole trial process with exit status
-    :data:`TIMEOUT_EXIT`. Ray Tune sees the process die and retries the trial
-    (``search.max_retries``); the retry reads the recorded failure back
-    (:class:`RecordedFailure`) instead of running the seed again, so the study goes on.
-    """
-
-    def __init__(self, timeout: float | None, record: Callable[[str], None]) -> None:
-        self.timeout = timeout
-        self.record = record
-        self._timer: threading.Timer | None = None
-
-    def _fire(self) -> None:
-        try:
-            self.record(
-                f"TrialTimeout: the run took longer than search.trial_timeout = "
-                f"{self.timeout:g} s and was ended; raise the limit if it is expected to "
-                "take that long"
-            )
-        finally:
-            print(f"ltsearch: run ended after {self.timeout:g} s (search.trial_timeout)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-            os._exit(TIMEOUT_EXIT)
-
-    def __enter__(self) -> Watchdog:
-        if self.timeout is not None:
-            self._timer = threading.Timer(self.timeout, self._fire)
-            self._timer.daemon = True
-            self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-
-def _prefixed(choice: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"{choice['loss']}.{k}": v for k, v in choice["loss_params"].items()}
 
 
 def mean_metrics(per_seed: list[dict[str, float]]) -> dict[str, float]:
@@ -404,19 +257,6 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
 
 
 __all__ = [
-    "ERROR_KEY",
-    "RecordedFailure",
-    "STOP_KEY",
-    "StudyContext",
-    "Watchdog",
-    "base_row",
-    "choice_hash",
-    "execute_recorded",
-    "execute_trial",
-    "make_trial_fn",
-    "mean_metrics",
-    "resolve_data",
-    "run_dir",
-    "run_seed",
-    "trial_config",
-]
+    "ERROR_KEY", "STOP_KEY", "StudyContext", "execute_trial", "make_trial_fn", "mean_metrics",
+    "resolve_data", "run_seed", "trial_config",
+]  # fmt: skip

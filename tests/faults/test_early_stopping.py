@@ -25,7 +25,7 @@ import pytest
 import torch
 from records import record
 
-from ltsearch.run.rungs import LOG_FILE
+from ltsearch.rung_log import LOG_FILE
 from ltsearch.store import ResultStore
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]

@@ -18,18 +18,19 @@ import pytest
 
 from ltmodels.trial.config import TrialResult
 from ltsearch.errors import SpecError
+from ltsearch.run.records import choice_hash
 from ltsearch.run.rung_scheduler import RungScheduler, make_scheduler
-from ltsearch.run.rungs import (
+from ltsearch.run.rungs import climb
+from ltsearch.run.trainable import ERROR_KEY, StudyContext
+from ltsearch.rung_log import (
     CONFIG_KEY,
     LOG_FILE,
     RUNG_KEY,
     RUNS_KEY,
     RungRecord,
     append_log,
-    climb,
     read_log,
 )
-from ltsearch.run.trainable import ERROR_KEY, StudyContext, choice_hash
 from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.store import ResultStore
 

@@ -19,7 +19,7 @@ import yaml
 from ltsearch import journal
 from ltsearch.report.document import write_report
 from ltsearch.run.rebuild import PRUNED, configurations, write_journal
-from ltsearch.run.rungs import RungRecord, append_log
+from ltsearch.rung_log import RungRecord, append_log
 from ltsearch.spec.hashing import config_hash
 from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.status import status_text

@@ -26,7 +26,7 @@ import pytest
 from ltmodels.trial.config import TrialResult
 from ltsearch import journal
 from ltsearch.run.driver import run_study
-from ltsearch.run.rungs import LOG_FILE, read_log
+from ltsearch.rung_log import LOG_FILE, read_log
 from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.store import ResultStore
 from ltsearch.study_dir import JOURNAL_FILE
