@@ -18,8 +18,8 @@ score threshold, optional pre-NMS top-k, small boxes removed, per-class NMS, bes
 - every predictor of the list is applied to one read of each chunk of features, so a study
   evaluates many trials for the cost of reading the cache once.
 
-The classifier of a :class:`~ltmodels.modeling.heads.LinearPredictor` runs without its box
-regressor (:func:`classifier_logits`); other predictors run whole.
+The classifier of a predictor with a ``classify`` method runs without its box regressor
+(:func:`classifier_logits`); other predictors run whole.
 
 Detections map back to LVIS image coordinates (``orig_size / input_size``) and category ids.
 """
@@ -41,17 +41,16 @@ from ltmodels.engine.evaluate import score_detections
 from ltmodels.errors import ConfigError
 from ltmodels.evaluation.metrics import LvisGroundTruth, load_lvis_gt
 from ltmodels.losses.base import LongTailLoss
-from ltmodels.modeling.heads import LinearPredictor
 
 _CHUNK_SCORES = 1 << 24  # padded score entries per chunk (64 MiB of float32)
 _NMS_GROUP = 128  # candidates per NMS call (whole classes of one image per call)
 
 
 def classifier_logits(predictor: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Logits ``[N, K]`` of a predictor, without its box regression when it can be skipped."""
-    if isinstance(predictor, LinearPredictor):
-        return predictor.cls_score(x)
-    return predictor(x)[0]
+    """Logits ``[N, K]`` of a predictor, without its box regression when it can be skipped
+    (the predictor has a ``classify`` method, as :mod:`ltmodels.modeling.heads`' do)."""
+    classify = getattr(predictor, "classify", None)
+    return classify(x) if callable(classify) else predictor(x)[0]
 
 
 def _deltas(predictor: nn.Module, x: torch.Tensor, roi: torch.Tensor, label: torch.Tensor):

@@ -12,6 +12,15 @@ training: ``loss(logits, labels, features=, weight=predictor.cls_weight, gt_inde
 torchvision's smooth-L1 box loss (beta 1/9, summed over positives, divided by N) when the
 box regressor trains. ``gt_index`` is the dataset-wide ground-truth index, unique in a batch.
 SGD with momentum, :class:`~ltmodels.engine.train.WarmupMultiStepLR` stepped every iteration.
+The box loss computes each positive RoI's regression for its own class only
+(:func:`~ltmodels.modeling.heads.class_deltas`: the 4 outputs the loss reads, not 4 (C + 1)).
+
+Packed runs (:func:`train_pack`): K (configuration, seed) members that share the sampling
+(seed, epochs, images per batch, RoI sampling) train together on one pass over the cache: each
+batch is drawn and read once, then every member takes its own step on it
+(:class:`~ltmodels.cache.member.Member`: its loss, state, optimizer, schedule and RNG). A member
+gets the same batches, draws and updates as alone, so its result is the same (the
+``test_pack`` tests hold every loss to it); a member that fails stops alone.
 
 A loss with a feature memory (LOCE's MFS, :mod:`ltmodels.losses.feature_sampling`) gets,
 every iteration, the batch's positive RoIs pushed (cached features, labels, regression
@@ -24,25 +33,23 @@ targets, the normaliser becoming N + R, as in the full model.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ltmodels.cache.evaluate import classifier_logits
+from ltmodels.cache.member import Member, Optim
 from ltmodels.cache.store import FeatureCache
 from ltmodels.engine import phases
-from ltmodels.engine.train import NonFiniteLossError, WarmupMultiStepLR
-from ltmodels.errors import ConfigError
 from ltmodels.losses.base import LongTailLoss
-from ltmodels.losses.feature_sampling import MemoryAccess, bind_memory, memory_of
-from ltmodels.losses.mfs import memory_gt_index
 from ltmodels.modeling.roi_sampling import sample_balanced
+
+log = logging.getLogger(__name__)
 
 
 def sample_batch(
@@ -94,36 +101,98 @@ def load_rows(
     )
 
 
-def _box_loss(box_regression: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor):
-    """torchvision's fastrcnn box loss: smooth L1 (beta 1/9) on positives, divided by N."""
-    pos = torch.where(labels > 0)[0]
-    deltas = box_regression.reshape(len(labels), -1, 4)[pos, labels[pos]]
-    return F.smooth_l1_loss(deltas, targets[pos], beta=1 / 9, reduction="sum") / len(labels)
+@dataclass
+class PackTimes:
+    """Wall-clock seconds of a pack's phases, summed over its epochs: ``sample`` (drawing
+    the batches' RoIs), ``read`` (reading them from the cache onto the device) and, per
+    member, ``step`` (its forward, loss, backward and update)."""
+
+    sample: float = 0.0
+    read: float = 0.0
+    step: list[float] = field(default_factory=list)
 
 
-def _with_memory(
-    memory: MemoryAccess,
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    gt_index: torch.Tensor,
-    targets: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Push the batch's positives to ``memory``, append one sample: ``[N + R]`` rows."""
-    pos = labels > 0
-    memory.push(features[pos], labels[pos], targets[pos])
-    rows = memory.sample()
-    return (
-        torch.cat([features, rows.features.to(features.dtype)]),
-        torch.cat([labels, rows.labels]),
-        torch.cat([gt_index, memory_gt_index(rows.labels, gt_index)]),
-        torch.cat([targets, rows.targets.to(targets.dtype)]),
-    )
+def train_pack(
+    members: Sequence[Member],
+    cache: FeatureCache,
+    *,
+    epochs: int,
+    batch_images: int,
+    rois_per_image: int = 512,
+    positive_fraction: float = 0.25,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    isolate_failures: bool = True,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    times: PackTimes | None = None,
+) -> None:
+    """Train every member on one pass over the cache per epoch (see the module docstring).
 
+    Deterministic for ``seed``: it seeds the sampling generator, and each member's torch
+    RNG after its MFS memory is allocated (a member's ``rng_state``, else the global state,
+    is what that allocation draws from).
 
-def _trainable(predictor: nn.Module, loss: nn.Module, box_regression: bool) -> list[nn.Parameter]:
-    named = list(predictor.named_parameters()) + list(loss.named_parameters())
-    params = [p for n, p in named if box_regression or not n.startswith("bbox_pred.")]
-    return [p for p in params if p.requires_grad]
+    Args:
+        members: their histories (one summary per epoch: mean ``loss`` and terms, ``lr``,
+            ``iterations``, ``rois``, ``seconds``; ``memory_rows`` with a feature memory)
+            and errors are left on them.
+        epochs: passes over the training images; an epoch has ``ceil(n / batch_images)``
+            iterations.
+        batch_images: B, images per iteration.
+        rois_per_image, positive_fraction: torchvision's RoI sampling.
+        isolate_failures: a member whose step raises keeps the exception (``error``) and
+            stops while the others go on; ``False`` raises it.
+        on_epoch: called with ``(member index, epoch summary)``.
+        times: filled with the phases' wall-clock seconds.
+
+    Raises:
+        ConfigError: a loss has another number of classes than the cache.
+    """
+    device = torch.device(device)
+    n = cache.num_train_images
+    total_iters = max(1, epochs * math.ceil(n / batch_images))
+    for m in members:
+        if len(members) > 1:  # else a member alone may use the global RNG
+            m.own_rng()
+        m.start(cache, total_iters, seed, device)
+    times = times if times is not None else PackTimes()
+    times.step = [0.0] * len(members)
+    rng = np.random.default_rng(seed)
+    sampling = {"rois_per_image": rois_per_image, "positive_fraction": positive_fraction}
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        order = rng.permutation(n)
+        for it, i in enumerate(range(0, n, batch_images)):
+            if not any(m.active for m in members):
+                break
+            t0 = time.perf_counter()
+            rows = sample_batch(cache, order[i : i + batch_images], rng, **sampling)
+            t1 = time.perf_counter()
+            batch = load_rows(cache, rows, device) if rows.size else None
+            times.sample += t1 - t0
+            times.read += time.perf_counter() - t1
+            for k, m in enumerate(members):
+                if not m.active:
+                    continue
+                t0 = time.perf_counter()
+                if batch is not None:  # else no image of the batch has a cached RoI
+                    try:
+                        m.step(batch, epoch=epoch, iteration=it)
+                    except Exception as exc:
+                        if not isolate_failures:
+                            raise
+                        m.error = exc
+                        log.warning("pack member %s failed: %s", m.name or k, exc)
+                        continue
+                m.scheduler.step()
+                times.step[k] += time.perf_counter() - t0
+        seconds = time.perf_counter() - start
+        for k, m in enumerate(members):
+            if m.active:
+                summary = m.end_epoch(epoch, seconds)
+                if on_epoch is not None:
+                    on_epoch(k, summary)
+        phases.epoch_done(epoch + 1, epochs)
 
 
 def train_predictor_cached(
@@ -145,165 +214,43 @@ def train_predictor_cached(
     device: torch.device | str = "cpu",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Fine-tune a box predictor on the cache's training RoIs.
+    """Fine-tune a box predictor on the cache's training RoIs: a pack of one member.
 
     The predictor and the loss are moved to ``device`` and trained in place. Deterministic
-    for ``seed``: it seeds the sampling generator and torch's global RNG (losses with random
-    masks, e.g. ACSL's background subsets, draw from it); the predictor's initialisation is
-    the caller's.
+    for ``seed``: it seeds the sampling generator and torch's global RNG (MFS draws its
+    samples from it); the predictor's initialisation is the caller's.
 
     Args:
         predictor: a box predictor (``(logits [N, K], boxes [N, 4 (C + 1)])``, ``cls_weight``).
         loss: the trial's loss.
         cache: from :func:`~ltmodels.cache.build.build_feature_cache`.
-        epochs: passes over the training images; an epoch has ``ceil(n / batch_images)``
-            iterations.
-        lr, momentum, weight_decay: SGD.
-        batch_images: B, images per iteration.
-        rois_per_image, positive_fraction: torchvision's RoI sampling.
-        warmup_iters, milestones: the schedule (linear warm-up, x0.1 at the milestone
-            fractions of all iterations).
-        train_box_regression: also train ``bbox_pred`` with the box loss; ``False`` trains
-            the classifier only (ACSL) and leaves ``bbox_pred`` untouched.
+        lr, momentum, weight_decay, warmup_iters, milestones, train_box_regression:
+            :class:`~ltmodels.cache.member.Optim`.
+        epochs, batch_images, rois_per_image, positive_fraction: as :func:`train_pack`.
         on_epoch: called with each epoch's summary.
 
     Returns:
-        One summary per epoch: ``epoch``, mean ``loss`` and terms, ``lr`` (last),
-        ``iterations``, ``rois`` (mean per iteration), ``seconds``; with a feature memory
-        also ``memory_rows`` (mean sampled rows per iteration).
+        One summary per epoch (:func:`train_pack`).
 
     Raises:
         ConfigError: the loss has another number of classes than the cache.
         NonFiniteLossError: a NaN or infinite loss (before the update with it).
     """
-    if loss.num_classes != cache.num_classes:
-        raise ConfigError(
-            f"loss built for {loss.num_classes} classes, the feature cache has {cache.num_classes}"
-        )
-    device = torch.device(device)
-    bind_memory(loss, predictor.cls_weight.shape[1])
-    predictor.to(device).train()
-    loss.to(device).train()
-    memory = memory_of(loss)
-    params = _trainable(predictor, loss, train_box_regression)
-    if not params:
-        raise ValueError("no trainable parameters in the predictor")
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    n = cache.num_train_images
-    scheduler = WarmupMultiStepLR(
-        optimizer,
-        total_iters=max(1, epochs * math.ceil(n / batch_images)),
-        milestones=milestones,
-        warmup_iters=warmup_iters,
+    optim = Optim(lr, momentum, weight_decay, warmup_iters, milestones, train_box_regression)
+    member = Member(predictor, loss, optim)
+    train_pack(
+        [member],
+        cache,
+        epochs=epochs,
+        batch_images=batch_images,
+        rois_per_image=rois_per_image,
+        positive_fraction=positive_fraction,
+        seed=seed,
+        device=device,
+        isolate_failures=False,
+        on_epoch=None if on_epoch is None else lambda _k, summary: on_epoch(summary),
     )
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    sampling = {"rois_per_image": rois_per_image, "positive_fraction": positive_fraction}
-    history = []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        order = rng.permutation(n)
-        batches = [order[i : i + batch_images] for i in range(0, n, batch_images)]
-        summary = _epoch(
-            predictor,
-            loss,
-            optimizer,
-            scheduler,
-            cache,
-            batches,
-            rng,
-            sampling,
-            device,
-            epoch=epoch,
-            box_regression=train_box_regression,
-            memory=memory,
-        )
-        summary["seconds"] = time.perf_counter() - start
-        history.append(summary)
-        phases.epoch_done(epoch + 1, epochs)
-        if on_epoch is not None:
-            on_epoch(summary)
-    return history
+    return member.history
 
 
-def _epoch(
-    predictor: nn.Module,
-    loss: LongTailLoss,
-    optimizer: torch.optim.Optimizer,
-    scheduler: WarmupMultiStepLR,
-    cache: FeatureCache,
-    batches: list[np.ndarray],
-    rng: np.random.Generator,
-    sampling: dict[str, Any],
-    device: torch.device,
-    *,
-    epoch: int,
-    box_regression: bool,
-    memory: MemoryAccess | None,
-) -> dict[str, float]:
-    """One pass over ``batches`` of image indices; returns the epoch's mean terms."""
-    sums: dict[str, float] = {}
-    done = 0
-    for it, images in enumerate(batches):
-        rows = sample_batch(cache, images, rng, **sampling)
-        if rows.size:  # else no image of the batch has a cached RoI
-            values = _step(
-                predictor, loss, optimizer, load_rows(cache, rows, device), box_regression, memory
-            )
-            if not math.isfinite(values["loss"]):
-                raise NonFiniteLossError(epoch, it, values)
-            values["rois"] = float(rows.size)
-            done += 1
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-        scheduler.step()
-    summary = {k: v / max(done, 1) for k, v in sums.items()}
-    summary.update(epoch=float(epoch), lr=optimizer.param_groups[0]["lr"], iterations=float(done))
-    return summary
-
-
-def _step(
-    predictor: nn.Module,
-    loss: LongTailLoss,
-    optimizer: torch.optim.Optimizer,
-    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
-    box_regression: bool,
-    memory: MemoryAccess | None,
-) -> dict[str, Any]:
-    """One SGD step on a batch of :func:`load_rows`; returns the loss terms as floats
-    (``loss``: sum; ``memory_rows`` with a memory).
-
-    A non-finite loss is returned without updating (the caller raises)."""
-    features, labels, gt_index, targets = batch
-    extra: dict[str, float] = {}
-    if memory is not None:
-        n = len(labels)
-        features, labels, gt_index, targets = _with_memory(
-            memory, features, labels, gt_index, targets
-        )
-        extra["memory_rows"] = float(len(labels) - n)
-    if box_regression:
-        logits, boxes = predictor(features)
-    else:
-        logits = classifier_logits(predictor, features)
-    terms = loss(
-        logits.float(),
-        labels,
-        features=features,
-        weight=predictor.cls_weight,
-        gt_index=gt_index,
-    )
-    if box_regression:
-        terms = {**terms, "loss_box_reg": _box_loss(boxes.float(), labels, targets)}
-    total = sum(terms.values())
-    values = {k: float(v.detach()) for k, v in terms.items()}
-    values["loss"] = float(total.detach())
-    values.update(extra)
-    if math.isfinite(values["loss"]):
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-    return values
-
-
-__all__ = ["load_rows", "sample_batch", "train_predictor_cached"]
+__all__ = ["PackTimes", "load_rows", "sample_batch", "train_pack", "train_predictor_cached"]

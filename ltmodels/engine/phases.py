@@ -1,6 +1,7 @@
 """Where a run is: a phase name and, in a training phase, the epoch reached.
 
-A run reports its phases here (``data``, ``stage1``, ``cache``, ``train``, ``eval``,
+A run reports its phases here (``data``, ``stage1_wait`` (for the lock of a stage 1 another
+run may be training), ``stage1`` (training it), ``cache``, ``train``, ``eval``,
 ``full_eval``: the spans of :class:`~ltmodels.trial.stages.Timer`, plus each finished epoch
 of a training phase); whoever drives the run (``ltsearch``'s trial worker) registers a
 listener to show them. Without a listener a report costs one attribute lookup. Listeners

@@ -30,13 +30,14 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ltmodels.errors import ConfigError
 from ltmodels.losses.base import LongTailLoss
 from ltmodels.modeling.heads import LinearPredictor, build_predictor
+from ltmodels.modeling.roi_align import FastMultiScaleRoIAlign
 from ltmodels.modeling.roi_heads import BOX_LOSSES, LongTailRoIHeads
 
 BACKBONES = ("tiny", "resnet18_fpn", "resnet50_fpn", "resnet101_fpn")
@@ -236,12 +237,12 @@ def _parts(spec: ModelSpec, num_classes: int) -> dict[str, Any]:
     parts: dict[str, Any] = {
         "backbone": backbone,
         "rpn_anchor_generator": AnchorGenerator(sizes, (ratios,) * len(sizes)),
-        "box_roi_pool": MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        "box_roi_pool": FastMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         "box_head": TwoMLPHead(ch * 7 * 7, rep),
         "representation_size": rep,
     }
     if spec.masks:
-        parts["mask_roi_pool"] = MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2)
+        parts["mask_roi_pool"] = FastMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2)
         parts["mask_head"] = MaskRCNNHeads(ch, mask_layers, 1, norm_layer=head_norm)
         parts["mask_predictor"] = MaskRCNNPredictor(
             mask_layers[-1], mask_layers[-1], num_classes + 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ltmodels.trial.config import TrialConfig, TrialResult
+from ltmodels.trial.pack import packable, run_pack
 from ltmodels.trial.schedules import run_schedule
 from ltmodels.trial.stages import EpochCallback
 
@@ -28,6 +29,10 @@ def run_trial(
         evaluated), per-epoch history, per-category AP rows and timings (``train``,
         ``eval``, ``stage1``, ``cache``).
     """
+    if packable(cfg):  # a feature-cache stage 2: a pack of one (ltmodels.trial.pack)
+        [result] = run_pack([cfg])
+        assert isinstance(result, TrialResult)  # a pack of one raises its failure
+        return result
     return run_schedule(cfg, Path(workdir), on_epoch)
 
 

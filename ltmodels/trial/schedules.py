@@ -34,7 +34,6 @@ from ltmodels.engine.checkpoint import (
     checkpoint_problem,
     drop_damaged,
     load_checkpoint,
-    recorded_sha256,
     save_checkpoint,
 )
 from ltmodels.engine.evaluate import predict, score_detections
@@ -141,6 +140,7 @@ def ensure_stage1(
     if not distributed and final.exists() and checkpoint_problem(final) is None:
         return final, key
     leader = dist_utils.rank() == 0
+    phases.report("stage1_wait")  # until the lock is ours, or another trial has trained it
     with exclusive_lock(root / f".{key}.lock") if leader else nullcontext():
         if leader:  # checked again under the lock: another trial may have rebuilt it
             drop_damaged(final, f"training stage 1 ({key}) again")
@@ -171,6 +171,7 @@ def _train_stage1(
 ) -> None:
     stage = cfg.stage1
     assert stage is not None
+    phases.report("stage1")  # only when it trains: a cached stage 1 is no phase of the run
     torch.manual_seed(stage.seed)
     model = build_model(spec, stage, train_set, device)
     loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
@@ -197,7 +198,7 @@ def _train_stage1(
         save_checkpoint(final, model=model, epoch=stage.epochs, extra={"key": key})
 
 
-def _stage2_model(
+def stage2_model(
     cfg: TrialConfig, spec: ModelSpec, train_set: LVISDetection, weights: Path, device
 ) -> nn.Module:
     """The trial's detector, initialised from stage 1 (a classifier of another width or
@@ -223,67 +224,6 @@ def _stage2_model(
     return model
 
 
-def _cached_stage2(
-    cfg: TrialConfig,
-    spec: ModelSpec,
-    model: nn.Module,
-    sets: tuple[LVISDetection, LVISDetection],
-    key: str,
-    timer: Timer,
-    device: torch.device,
-) -> tuple[list[dict[str, float]], dict[str, float], list[dict[str, Any]]]:
-    from ltmodels.cache.build import build_feature_cache
-    from ltmodels.cache.evaluate import evaluate_cached
-    from ltmodels.cache.train import train_predictor_cached
-
-    train_set, val_set = sets
-    plain_train = LVISDetection(cfg.data.train_json, cfg.data.train_root, with_masks=False)
-    with timer("cache"):
-        weights = Path(cfg.cache_dir) / "stage1" / key / "model.pt"
-        cache = build_feature_cache(
-            model,
-            plain_train,
-            val_set,
-            Path(cfg.cache_dir) / "features",
-            key=key,
-            source_sha256=recorded_sha256(weights),
-        )
-    stage = cfg.train
-    predictor = model.roi_heads.box_predictor
-    loss = model.roi_heads.cls_loss
-    with timer("train"):
-        history = train_predictor_cached(
-            predictor,
-            loss,
-            cache,
-            epochs=stage.epochs,
-            lr=stage.lr,
-            batch_images=stage.batch_size,
-            rois_per_image=spec.box_batch_size_per_image,
-            positive_fraction=spec.box_positive_fraction,
-            momentum=stage.momentum,
-            weight_decay=stage.weight_decay,
-            warmup_iters=stage.warmup_iters,
-            seed=cfg.seed,
-            device=device,
-        )
-    with timer("eval"):
-        [(metrics, per_cat)] = evaluate_cached(
-            [(predictor, loss)],
-            cache,
-            cfg.data.val_json,
-            score_thresh=spec.box_score_thresh,
-            detections_per_img=spec.box_detections_per_img,
-            device=device,
-        )
-    rows = [{**r, "iou_type": "bbox"} for r in per_cat]
-    if cfg.full_eval:
-        with timer("full_eval"):
-            full, rows = full_evaluation(model, val_set, cfg, spec, device)
-        metrics = {**metrics, **{k: v for k, v in full.items() if k.startswith("segm/")}}
-    return history, metrics, rows
-
-
 def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None) -> TrialResult:
     """See :func:`ltmodels.trial.run.run_trial`."""
     timer = Timer()
@@ -296,14 +236,11 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
         torch.manual_seed(cfg.seed)
         model = build_model(spec, cfg.train, train_set, device)
     elif cfg.schedule == "decoupled":
-        with timer("stage1"):
-            weights, key = ensure_stage1(cfg, spec, train_set, device)
-        model = _stage2_model(cfg, spec, train_set, weights, device)
+        with timer("stage1", report=False):  # ensure_stage1 reports what it does
+            weights, _key = ensure_stage1(cfg, spec, train_set, device)
         if cfg.train.use_feature_cache:
-            history, metrics, rows = _cached_stage2(
-                cfg, spec, model, (train_set, val_set), key, timer, device
-            )
-            return TrialResult(metrics, history, rows, dict(timer.totals))
+            raise ValueError("feature-cache trials run through ltmodels.trial.pack.run_pack")
+        model = stage2_model(cfg, spec, train_set, weights, device)
         freeze_except(model, cfg.train.finetune)
     else:
         raise ValueError(f"unknown schedule {cfg.schedule!r}")

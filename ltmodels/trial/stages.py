@@ -240,16 +240,19 @@ class Timer:
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
 
-    def __call__(self, name: str) -> _Span:
-        return _Span(self, name)
+    def __call__(self, name: str, *, report: bool = True) -> _Span:
+        """A span named ``name``; ``report``: also enter the phase ``name``
+        (:mod:`ltmodels.engine.phases`) on entering it."""
+        return _Span(self, name, report)
 
 
 class _Span:
-    def __init__(self, timer: Timer, name: str) -> None:
-        self.timer, self.name = timer, name
+    def __init__(self, timer: Timer, name: str, report: bool) -> None:
+        self.timer, self.name, self.report = timer, name, report
 
     def __enter__(self) -> None:
-        phases.report(self.name)
+        if self.report:
+            phases.report(self.name)
         self.t0 = time.perf_counter()
 
     def __exit__(self, *exc: object) -> None:

@@ -35,6 +35,7 @@ from ltsearch.study_dir import load_study_dir
 LIVE_DIR = "live"
 PHASES = {
     "data": "loading data",
+    "stage1_wait": "waiting for stage 1",
     "stage1": "stage 1",
     "cache": "building the feature cache",
     "train": "training",

@@ -249,7 +249,7 @@ def train_cached(loss: LongTailLoss, epochs: int = 1, batch_images: int = 4):
     torch.manual_seed(0)
     predictor = LinearPredictor(8, C + 1)
     inputs: list[torch.Tensor] = []
-    predictor.register_forward_hook(lambda m, args, out: inputs.append(args[0].detach()))
+    predictor.cls_score.register_forward_hook(lambda m, a, out: inputs.append(a[0].detach()))
     history = train_predictor_cached(
         predictor,
         loss,
