@@ -45,16 +45,9 @@ from ltmodels.cache.extract import (
     feature_dim,
     ids_digest,
 )
-from ltmodels.cache.store import (
-    FORMAT,
-    CacheError,
-    FeatureCache,
-    exclusive_lock,
-    install,
-    remove_leftovers,
-    validate,
-    write_manifest,
-)
+from ltmodels.cache.manifest import CacheError, check_cache, write_manifest
+from ltmodels.cache.shards import DEFAULT_SHARD_BYTES, manifest_format
+from ltmodels.cache.store import FeatureCache, exclusive_lock, install, remove_leftovers
 from ltmodels.data.lvis import collate_fn
 from ltmodels.errors import ConfigError
 
@@ -118,16 +111,17 @@ def _build_into(
             gt_seen = offsets[-1]
         for images, _ in _stream(datasets[1], opts["batch_size"], opts["num_workers"]):
             builder.val_batch(images)
-        builder.write("train/image_ids", metas[0]["image_ids"])
-        builder.write("val/image_ids", metas[1]["image_ids"])
-        builder.write("val/orig_size", metas[1]["orig_size"])
+        builder.write("train/image_ids", metas[0]["image_ids"], per_image=True)
+        builder.write("val/image_ids", metas[1]["image_ids"], per_image=True)
+        builder.write("val/orig_size", metas[1]["orig_size"], per_image=True)
     except BaseException:
         builder.abort()
         raise
     files = builder.close()
     heads = model.roi_heads
     return {
-        "format": FORMAT,
+        "format": manifest_format(files),
+        "shard_bytes": opts["shard_bytes"],
         "mode": "all_proposals" if views is None else "sampled_views",
         "views_per_image": builder.flips if views is None else views,
         "feature_dim": feature_dim(model),
@@ -193,12 +187,16 @@ def build_feature_cache(
     seed: int = 0,
     num_workers: int = 0,
     source_sha256: str | None = None,
+    shard_bytes: int | None = DEFAULT_SHARD_BYTES,
 ) -> FeatureCache:
     """Build (or reuse) the RoI-feature cache ``cache_dir/<key>/`` of a frozen detector.
 
     Reuse needs a valid manifest with the same key, build options, image ids and source
     weights, and every file matching its whole-file sha256 (one read of the cache); anything
-    else (a truncated or bit-flipped file included) is rebuilt, with one warning. Concurrent
+    else (a truncated or bit-flipped file included) is rebuilt, with one warning. A sharded
+    array over 64 MiB is the exception: its shards' sampled digests are checked here and each
+    shard's sha256 on its first read, which raises :class:`~ltmodels.cache.manifest.CacheError`
+    naming the shard (the cache is then rebuilt by the next call, not mid-trial). Concurrent
     callers with the same key serialise on a file lock: the first builds, the others wait
     and reuse its cache.
 
@@ -220,6 +218,10 @@ def build_feature_cache(
         num_workers: DataLoader workers that read the images.
         source_sha256: sha256 of the stage-1 checkpoint the model was loaded from; a cache
             built from other weights is rebuilt (None: not checked).
+        shard_bytes: bound of one file: a larger array is cut between images into shards
+            (:mod:`ltmodels.cache.shards`; ``None``: one file per array). The default, 4 GiB,
+            keeps today's caches one file per array (format 1); LVIS-scale ones are sharded.
+            Only the layout changes: a cache built with another value is reused as it is.
 
     Returns:
         The validated, memory-mapped cache.
@@ -235,6 +237,8 @@ def build_feature_cache(
         raise ConfigError(
             "batch_size, view_rois, max_views >= 1; view_positive_fraction in (0, 1]"
         )
+    if shard_bytes is not None and shard_bytes < 1:
+        raise ConfigError(f"shard_bytes must be >= 1 or None, got {shard_bytes}")
     metas = (dataset_meta(train_set), dataset_meta(val_set))
     if not all(len(m["image_ids"]) for m in metas):
         raise ConfigError("feature cache: the training and validation sets must not be empty")
@@ -259,10 +263,10 @@ def build_feature_cache(
     root = Path(cache_dir)
     final = root / key
     with exclusive_lock(root / f".{key}.lock"):
-        try:  # one whole-file check: a flipped bit anywhere is found before reuse
-            manifest = validate(final, expected=expected)
+        try:  # whole-file checks (large shards': on first read), a flipped bit is found
+            manifest, unchecked = check_cache(final, expected=expected, lazy=True)
             log.debug("feature cache %s: reusing", final)
-            return FeatureCache(final, manifest)
+            return FeatureCache(final, manifest, unchecked)
         except CacheError as err:
             problem = str(err)
         if final.exists():
@@ -277,7 +281,7 @@ def build_feature_cache(
                 model,
                 (train_set, val_set),
                 metas,
-                {**opts, "num_workers": num_workers},
+                {**opts, "num_workers": num_workers, "shard_bytes": shard_bytes},
                 expected,
             )
             install(tmp, final)

@@ -17,12 +17,39 @@ import numpy as np
 import torch
 from torch import nn
 
-from ltmodels.cache.store import ArrayWriter
+from ltmodels.cache.shards import ShardWriter
 from ltmodels.modeling.roi_sampling import sample_balanced
 
 # bytes per cached RoI besides its features: label, gt index (int32), target, box (4 x f32)
 TRAIN_ROI_EXTRA = 4 + 4 + 16 + 16
 VAL_ROI_EXTRA = 16  # proposal box (4 x f32)
+
+
+def open_writers(
+    root: Path, feature_dtype: str, dim: int, shard_bytes: int | None
+) -> dict[str, ShardWriter]:
+    """A writer per array of a cache in ``root`` (``"train/features"``: ``[R, D]``, ...;
+    :class:`~ltmodels.cache.store.FeatureCache` lists them), its split folders created."""
+    layout = {
+        "train/features": (feature_dtype, (dim,)),
+        "train/labels": ("int32", ()),
+        "train/gt_index": ("int32", ()),
+        "train/targets": ("float32", (4,)),
+        "train/boxes": ("float32", (4,)),
+        "train/view_rows": ("int64", ()),
+        "train/view_flip": ("uint8", ()),
+        "train/image_view_count": ("int64", ()),
+        "train/image_ids": ("int64", ()),
+        "val/features": (feature_dtype, (dim,)),
+        "val/boxes": ("float32", (4,)),
+        "val/rows": ("int64", ()),
+        "val/input_size": ("int32", (2,)),
+        "val/orig_size": ("int32", (2,)),
+        "val/image_ids": ("int64", ()),
+    }
+    for split in ("train", "val"):
+        (root / split).mkdir(exist_ok=True)
+    return {n: ShardWriter(root, n, d, r, shard_bytes) for n, (d, r) in layout.items()}
 
 
 class OverBudget(Exception):
@@ -123,6 +150,10 @@ class _Rois:
 class CacheWriter:
     """Streams one cache's arrays to disk while the model runs.
 
+    Every array is cut into shards of at most ``opts["shard_bytes"]`` between images
+    (:class:`~ltmodels.cache.shards.ShardWriter`): the rows of an image's views, or of its
+    validation proposals, stay in one shard.
+
     Args:
         views: K pre-sampled views per training image, or ``None`` for all proposals.
     """
@@ -133,36 +164,29 @@ class CacheWriter:
         self.rng = np.random.default_rng(opts["seed"])
         self.device = next(model.parameters()).device
         self.bytes = 0
-        fdt, dim = opts["feature_dtype"], feature_dim(model)
-        layout = {
-            "train/features": (fdt, (dim,)),
-            "train/labels": ("int32", ()),
-            "train/gt_index": ("int32", ()),
-            "train/targets": ("float32", (4,)),
-            "train/boxes": ("float32", (4,)),
-            "train/view_rows": ("int64", ()),
-            "train/view_flip": ("uint8", ()),
-            "train/image_view_count": ("int64", ()),
-            "train/image_ids": ("int64", ()),
-            "val/features": (fdt, (dim,)),
-            "val/boxes": ("float32", (4,)),
-            "val/rows": ("int64", ()),
-            "val/input_size": ("int32", (2,)),
-            "val/orig_size": ("int32", (2,)),
-            "val/image_ids": ("int64", ()),
-        }
-        for name in {n.split("/")[0] for n in layout}:
-            (root / name).mkdir(exist_ok=True)
-        self.writers = {n: ArrayWriter(root / f"{n}.bin", d, r) for n, (d, r) in layout.items()}
+        self.writers = open_writers(
+            root, opts["feature_dtype"], feature_dim(model), opts["shard_bytes"]
+        )
 
-    def write(self, name: str, rows: torch.Tensor | np.ndarray) -> None:
+    def write(self, name: str, rows: torch.Tensor | np.ndarray, *, per_image: bool = False):
+        """Add rows to the array ``name``: to its current image (written by :meth:`end_image`),
+        or, ``per_image``, one row per image."""
         arr = rows.detach().cpu().numpy() if torch.is_tensor(rows) else np.asarray(rows)
         w = self.writers[name]
-        w.append(arr)
+        if per_image:
+            w.append_units(arr)
+        else:
+            w.append(arr)
         self.bytes += arr.size * w.dtype.itemsize
         budget = self.opts["max_bytes"]
         if self.views is None and budget is not None and self.bytes > budget:
             raise OverBudget
+
+    def end_image(self, split: str) -> None:
+        """Write the rows added to ``split``'s arrays since its last image, into one shard."""
+        for name, w in self.writers.items():
+            if name.startswith(split + "/"):
+                w.end_unit()
 
     def close(self) -> dict[str, dict[str, Any]]:
         return {f"{n}.bin": w.close() for n, w in self.writers.items()}
@@ -233,6 +257,7 @@ class CacheWriter:
             self.write("train/view_rows", np.array([len(sel)]))
             self.write("train/view_flip", np.array([f]))
         self.write("train/image_view_count", np.array([total]))
+        self.end_image("train")
 
     def val_batch(self, images: list[torch.Tensor]) -> None:
         """Cache the proposals of a batch of validation images."""
@@ -245,6 +270,7 @@ class CacheWriter:
             self.write("val/boxes", p)
             self.write("val/rows", np.array([len(p)]))
             self.write("val/input_size", np.array([size]))
+            self.end_image("val")
 
 
 def feature_dim(model: nn.Module) -> int:
@@ -262,4 +288,5 @@ __all__ = [
     "dataset_meta",
     "feature_dim",
     "ids_digest",
+    "open_writers",
 ]

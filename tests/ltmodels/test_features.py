@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from torchvision.ops import box_iou
 
-from ltmodels.cache import store
+from ltmodels.cache import manifest
 from ltmodels.cache.build import build_feature_cache
 from ltmodels.cache.evaluate import evaluate_cached, predict_cached
-from ltmodels.cache.store import ArrayWriter, CacheError, FeatureCache, validate, write_manifest
+from ltmodels.cache.manifest import ArrayWriter, CacheError, validate, write_manifest
+from ltmodels.cache.store import FeatureCache
 from ltmodels.cache.train import train_predictor_cached
 from ltmodels.data.lvis import LVISDetection, collate_fn
 from ltmodels.data.transforms import ResizeShortestEdge
@@ -155,8 +156,8 @@ def test_truncated_or_stale_cache_is_rebuilt(model, data, tmp_path, caplog):
 
 def _unsampled_offset(size: int) -> int:
     """A byte offset of a file of ``size`` bytes that its sampled digest does not read."""
-    mib, block = store._MIB, store._SAMPLE_BLOCK
-    starts = np.linspace(mib, size - mib - block, store._SAMPLE_BLOCKS, dtype=np.int64)
+    mib, block = manifest._MIB, manifest._SAMPLE_BLOCK
+    starts = np.linspace(mib, size - mib - block, manifest._SAMPLE_BLOCKS, dtype=np.int64)
     gap = int(np.argmax(np.diff(starts) - block))
     offset = int(starts[gap]) + block + (int(starts[gap + 1]) - int(starts[gap]) - block) // 2
     assert mib <= offset < size - mib and not any(s <= offset < s + block for s in starts)
@@ -179,7 +180,9 @@ def test_a_flipped_bit_outside_the_sampled_blocks_is_caught(tmp_path):
     rows = np.ones((4096, 1024), dtype=np.float16)
     for _ in range(10):
         writer.append(rows)
-    write_manifest(root, {"format": store.FORMAT, "files": {"train/features.bin": writer.close()}})
+    write_manifest(
+        root, {"format": manifest.FORMAT, "files": {"train/features.bin": writer.close()}}
+    )
     validate(root)
     features = root / "train" / "features.bin"
     _flip(features, _unsampled_offset(features.stat().st_size))
@@ -191,13 +194,13 @@ def test_a_flipped_bit_outside_the_sampled_blocks_is_caught(tmp_path):
 def test_bit_flipped_cache_is_rebuilt_not_used(model, data, tmp_path, caplog, monkeypatch):
     """The sample is shrunk (1 KiB ends, 16-byte blocks) so that the small test cache is
     larger than it: a flip between its blocks must still be found and rebuilt."""
-    monkeypatch.setattr(store, "_MIB", 1024)
-    monkeypatch.setattr(store, "_SAMPLE_BLOCK", 16)
+    monkeypatch.setattr(manifest, "_MIB", 1024)
+    monkeypatch.setattr(manifest, "_SAMPLE_BLOCK", 16)
     train, val = Subset(data[0], range(2)), Subset(data[1], range(2))
     cache = build_feature_cache(model, train, val, tmp_path, key="k")
     expected = np.array(cache.train["features"])
     features = tmp_path / "k" / "train" / "features.bin"
-    assert features.stat().st_size > 64 * store._MIB  # sampled unless verified whole
+    assert features.stat().st_size > 64 * manifest._MIB  # sampled unless verified whole
     _flip(features, _unsampled_offset(features.stat().st_size))
     validate(tmp_path / "k", full=False)
     before = len(model.calls)
