@@ -149,7 +149,7 @@ def test_stage1_is_a_phase_only_when_it_trains(data: DataConfig, tmp_path: Path)
     cfg = replace(trial(data, str(tmp_path), "ce", {}), stage1=replace(STAGE1, epochs=1))
     for expect_training in (True, False):
         seen: list[str] = []
-        remove = phases.add_listener(lambda p: seen.append(p.name))
+        remove = phases.add_listener(lambda p, seen=seen: seen.append(p.name))
         try:
             run_trial(cfg, workdir=tmp_path / "run")
         finally:
