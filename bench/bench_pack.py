@@ -27,34 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+from bench_trial import machine  # the bench folder is the script's, on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "threads": torch.get_num_threads(),
-        "loadavg": os.getloadavg(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
 
 
 def quickstart_configs(storage: Path, k: int) -> list[Any]:

@@ -234,6 +234,11 @@ def _ddp_worker(rank: int, job: dict[str, Any]) -> None:
     try:
         result = ddp_epoch(rank, job)
         Path(job["dir"], f"rank{rank}.json").write_text(json.dumps(result))
+    except Exception as exc:  # noted with its time: the first rank to fail is the cause
+        line = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+        note = {"rank": rank, "error": line, "time": time.time()}
+        Path(job["dir"], f"rank{rank}.error.json").write_text(json.dumps(note))
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -248,7 +253,17 @@ def section_ddp(ctx: Context) -> dict[str, Any]:
         "cuda": cuda, "backend": "nccl" if cuda else "gloo", "world": ctx.world,
         "threads": ctx.threads, "dir": str(run_dir), "root": str(paths.root), "sizes": ctx.sizes,
     }  # fmt: skip
-    mp.spawn(_ddp_worker, args=(job,), nprocs=ctx.world, join=True)
+    try:
+        mp.spawn(_ddp_worker, args=(job,), nprocs=ctx.world, join=True)
+    except Exception as exc:  # the others fail after the first (a closed connection): name it
+        notes = sorted(
+            (json.loads(p.read_text()) for p in run_dir.glob("rank*.error.json")),
+            key=lambda n: n["time"],
+        )
+        if not notes:
+            raise
+        first = notes[0]
+        raise RuntimeError(f"rank {first['rank']} failed first: {first['error']}") from exc
     ranks = [json.loads((run_dir / f"rank{r}.json").read_text()) for r in range(ctx.world)]
     epoch_s = max(r["seconds"] for r in ranks)
     images = sum(r["images"] for r in ranks)

@@ -23,10 +23,9 @@ from ltmodels.cache.manifest import CacheError, validate
 from ltmodels.cache.shards import ShardedArray, ShardWriter
 from ltmodels.cache.store import FeatureCache
 from ltmodels.cache.train import load_rows, sample_batch, train_predictor_cached
-from ltmodels.data.lvis import LVISDetection
 from ltmodels.losses import build_loss
-from ltmodels.modeling.detector import ModelSpec, build_detector
 from ltmodels.modeling.heads import build_predictor
+from tests.ltmodels.cache_fixtures import cache_datasets, probe_detector
 
 TRAIN_IMAGES = 6
 SMALL_SHARDS = 4096  # bytes: one image per shard of the features and labels, 24 val shards
@@ -34,21 +33,12 @@ SMALL_SHARDS = 4096  # bytes: one image per shard of the features and labels, 24
 
 @pytest.fixture(scope="module")
 def data(synth_small):
-    train = LVISDetection(synth_small.train_json, synth_small.root, with_masks=False)
-    val = LVISDetection(synth_small.val_json, synth_small.root, with_masks=False)
-    return Subset(train, range(TRAIN_IMAGES)), val
+    return cache_datasets(synth_small, TRAIN_IMAGES)
 
 
 @pytest.fixture(scope="module")
 def model(data):
-    num_classes = data[1].num_classes
-    torch.manual_seed(0)
-    net = build_detector(
-        ModelSpec.tiny(masks=False), build_loss("ce", num_classes=num_classes), num_classes
-    )
-    pred = net.roi_heads.box_predictor
-    torch.nn.init.normal_(pred.cls_score.weight, std=0.3)
-    torch.nn.init.normal_(pred.bbox_pred.weight, std=0.05)
+    net = probe_detector(data[1].num_classes)
     return net.eval()
 
 

@@ -31,6 +31,7 @@ from ltmodels.errors import ConfigError
 from ltmodels.losses import build_loss
 from ltmodels.modeling.detector import ModelSpec, build_detector
 from ltmodels.modeling.heads import CosinePredictor, LinearPredictor
+from tests.ltmodels.cache_fixtures import cache_datasets, probe_detector
 from tests.ltmodels.data.lvis_fixtures import make_lvis
 
 TRAIN_IMAGES = 12
@@ -38,21 +39,12 @@ TRAIN_IMAGES = 12
 
 @pytest.fixture(scope="module")
 def data(synth_small):
-    train = LVISDetection(synth_small.train_json, synth_small.root, with_masks=False)
-    val = LVISDetection(synth_small.val_json, synth_small.root, with_masks=False)
-    return Subset(train, range(TRAIN_IMAGES)), val
+    return cache_datasets(synth_small, TRAIN_IMAGES)
 
 
 @pytest.fixture(scope="module")
 def model(data):
-    num_classes = data[1].num_classes
-    torch.manual_seed(0)
-    net = build_detector(
-        ModelSpec.tiny(masks=False), build_loss("ce", num_classes=num_classes), num_classes
-    )
-    pred = net.roi_heads.box_predictor
-    torch.nn.init.normal_(pred.cls_score.weight, std=0.3)
-    torch.nn.init.normal_(pred.bbox_pred.weight, std=0.05)
+    net = probe_detector(data[1].num_classes)
     net.calls = []
     net.roi_heads.box_head.register_forward_hook(lambda *_: net.calls.append(1))
     return net.eval()
