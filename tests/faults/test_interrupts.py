@@ -26,7 +26,12 @@ def _interrupt_and_resume(
         fault_data, tmp_path / "project", cache_from=reference["project"]
     )  # stage 1 and the feature cache done: the signal lands among the trials
     study = project / "results" / "decoupled"
-    proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project, session=True)
+    # every loss step sleeps 0.25 s (12 per run: ~3 s a run), so the 7 runs left after the
+    # first row take ~20 s more: the stop lands among the trials however fast they become
+    slow = {"loss": [{"match": {}, "fault": "slow", "seconds": 0.25}]}
+    proc = faultkit.start(
+        "run", "decoupled.yaml", "--no-report", cwd=project, session=True, inject=slow
+    )
     faultkit.wait_for(lambda: list((study / "trials").glob("*.parquet")), proc, timeout=300)
     t0 = time.monotonic()
     stop_out = ""

@@ -8,7 +8,9 @@ variable. Faults (each key optional):
 - ``"loss": [{"match": {"xi": 0.3}, "fault": F}, ...]``: a loss built with parameters
   that include ``match`` misbehaves in its forward pass: F = ``raise`` (RuntimeError),
   ``nan`` (a NaN loss), ``memory`` (a real allocation that fails: MemoryError), ``hang``
-  (never returns). ``match: {}`` hits every loss.
+  (never returns), ``slow`` (sleeps ``"seconds"``, default 0.2, then returns the right
+  value: a study slow enough for a signal to land among its trials). ``match: {}`` hits
+  every loss.
 - ``"slow_write": {"match": "trials/", "seconds": S}``: an atomic write whose path holds
   ``match`` stays S seconds between writing its temporary file and renaming it, so a kill
   can land while a parquet part is half-way.
@@ -31,7 +33,7 @@ from typing import Any
 _SPEC = json.loads(os.environ.get("LTSEARCH_INJECT") or "null")
 
 
-def _loss_fault(fault: str) -> Any:
+def _loss_fault(fault: str, seconds: float = 0.2) -> Any:
     def wrap(forward: Any) -> Any:
         def faulty(*args: Any, **kwargs: Any) -> Any:
             out = forward(*args, **kwargs)
@@ -43,6 +45,8 @@ def _loss_fault(fault: str) -> Any:
                 return out * float("nan")
             if fault == "memory":
                 bytearray(1 << 50)  # a real allocation of 1 PiB: MemoryError
+            if fault == "slow":
+                time.sleep(seconds)
             if fault == "hang":
                 while True:
                     time.sleep(1)
@@ -60,7 +64,8 @@ def _patch_losses(module: Any) -> None:
         loss = build(name, **params)
         for conf in _SPEC["loss"]:
             if all(params.get(k) == v for k, v in conf.get("match", {}).items()):
-                loss.forward = _loss_fault(conf["fault"])(loss.forward)
+                fault = _loss_fault(conf["fault"], conf.get("seconds", 0.2))
+                loss.forward = fault(loss.forward)
                 break
         return loss
 
