@@ -38,6 +38,7 @@ stored as a failed row once: a retry reads it back instead of running the seed a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -260,6 +261,28 @@ def _fit(
         cluster.shutdown()
         signal.signal(signal.SIGTERM, sigterm)
     return where, stopper.request_
+
+
+class _TuneStateNote(logging.Filter):
+    """Ray Tune's own experiment state is not what a study resumes from (the Optuna journal
+    and the parquet rows are). Saving it can race with the searcher's state file when trials
+    are stopped (a temporary file renamed while Tune copies the folder); Tune then logs an
+    ERROR with a traceback. That becomes one warning line, so a clean stop looks clean."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno >= logging.ERROR:
+            exc = record.exc_info[1]
+            record.msg = (
+                "Ray Tune could not save its own experiment state "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "not needed: a study resumes from its journal and parquet rows"
+            )
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+logging.getLogger("ray.tune.execution.experiment_state").addFilter(_TuneStateNote())
 
 
 def _cpus_needed(spec: StudySpec) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -222,12 +223,14 @@ def test_kill_during_the_report_keeps_the_last_whole_report(
     for attempt in range(16):  # kills spread over the command's run, however fast it is
         proc = faultkit.start("report", "results/decoupled", cwd=tmp_path)
         time.sleep(delay)
-        if proc.alive():
-            _kill(proc)
+        if proc.alive():  # (no Ray: `report` starts no process of its own)
+            proc.signal(signal.SIGKILL)
+        rc = proc.wait(60)
+        if rc == -signal.SIGKILL:
             kills, at = kills + 1, [*at, round(delay, 2)]
             delay *= 1.3
-        else:  # it finished first: kill earlier next time
-            proc.wait()
+        else:  # it finished first, or as the kill came: kill earlier next time
+            assert rc == 0, proc.describe()
             delay *= 0.6
         assert _report(study) == whole, f"try {attempt}: report.md torn"
         for name in plots:
