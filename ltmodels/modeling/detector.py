@@ -8,34 +8,27 @@ Backbones: torchvision ResNet-18/50/101 with a 256-channel FPN (the papers' Mask
 2-FC 1024-d box head, 4-conv mask head), and ``"tiny"``: a ~1M-parameter conv stack with a
 3-level 64-channel FPN and slim heads for the embedded synthetic dataset on CPU. No
 pretrained weights ship with this project: ``backbone_weights`` optionally names a local
-torchvision ImageNet ResNet state dict; without one the network trains from scratch, where
-BatchNorm or GroupNorm is needed (frozen BN of an untrained network is the identity).
+state dict (a torchvision ImageNet ResNet's, or a trained tiny backbone's); without one the
+network trains from scratch, where BatchNorm or GroupNorm is needed (frozen BN of an
+untrained network is the identity).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import pickle
-from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import resnet
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FeaturePyramidNetwork
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 from ltmodels.errors import ConfigError
 from ltmodels.losses.base import LongTailLoss
+from ltmodels.modeling.backbones import norm_layer, resnet_fpn, tiny_backbone
 from ltmodels.modeling.heads import LinearPredictor, build_predictor
 from ltmodels.modeling.roi_align import FastMultiScaleRoIAlign
 from ltmodels.modeling.roi_heads import BOX_LOSSES, LongTailRoIHeads
@@ -53,7 +46,8 @@ class ModelSpec:
     the last. ``rpn_*_top_n`` are torchvision's (pre-NMS per FPN level, post-NMS per image).
     ``trainable_backbone_layers`` (0-5) freezes ResNet stages from the stem up (torchvision's
     rule); the tiny backbone always trains. ``backbone_weights`` is a local path to a
-    torchvision ResNet ImageNet state dict (ResNet backbones only). ``norm`` defaults to
+    torchvision ResNet ImageNet state dict, or for ``"tiny"`` to a trained tiny backbone's (or
+    a whole tiny detector's) state dict. ``norm`` defaults to
     GroupNorm: it does not depend on the per-worker batch (2 DDP workers on half-batches
     compute what 1 worker does), and from scratch on the synthetic data it reached the AP of
     BatchNorm (bbox AP 0.275 vs 0.265 after 8 epochs of 96 images, 6 classes, 96 px).
@@ -107,8 +101,6 @@ class ModelSpec:
                 "model.norm='frozen_bn' needs backbone_weights: frozen statistics of an "
                 "untrained network do not normalise; use norm 'gn' or 'bn' from scratch"
             )
-        if self.backbone_weights is not None and self.backbone == "tiny":
-            raise ConfigError("model.backbone_weights applies to ResNet backbones only")
 
     @classmethod
     def tiny(cls, **overrides: Any) -> ModelSpec:
@@ -140,97 +132,21 @@ class ModelSpec:
         return dataclasses.replace(base, **overrides)
 
 
-def _norm_layer(kind: str) -> Callable[[int], nn.Module]:
-    if kind == "bn":
-        return nn.BatchNorm2d
-    if kind == "frozen_bn":
-        return FrozenBatchNorm2d
-    return lambda c: nn.GroupNorm(32 if c % 32 == 0 and c >= 128 else 8, c)
-
-
-def _conv(cin: int, cout: int, stride: int, norm: Callable[[int], nn.Module]) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm(cout), nn.ReLU(inplace=True)
-    )
-
-
-class TinyBackbone(nn.Module):
-    """Conv stack (strides 4, 8, 16; 32/64/128 channels) with a 64-channel FPN.
-
-    Forward: images ``[B, 3, H, W]`` -> ``OrderedDict`` "0", "1", "2" (strides 4, 8, 16)
-    and "pool" (stride 32), each ``[B, 64, h, w]``.
-    """
-
-    out_channels = 64
-
-    def __init__(self, norm: Callable[[int], nn.Module]) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(_conv(3, 16, 2, norm), _conv(16, 32, 2, norm))
-        self.stage2 = nn.Sequential(_conv(32, 64, 2, norm), _conv(64, 64, 1, norm))
-        self.stage3 = nn.Sequential(_conv(64, 128, 2, norm), _conv(128, 128, 1, norm))
-        self.fpn = FeaturePyramidNetwork([32, 64, 128], 64, extra_blocks=LastLevelMaxPool())
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.bias is None:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        c2 = self.stem(x)
-        c3 = self.stage2(c2)
-        c4 = self.stage3(c3)
-        return self.fpn(OrderedDict([("0", c2), ("1", c3), ("2", c4)]))
-
-
-def _resnet_fpn(spec: ModelSpec) -> BackboneWithFPN:
-    """ResNet body (optionally ImageNet weights from a local file) with a 256-channel FPN."""
-    name = spec.backbone.removesuffix("_fpn")
-    norm = _norm_layer(spec.norm)
-    body = getattr(resnet, name)(weights=None, norm_layer=norm)
-    if spec.backbone_weights is not None:
-        path = Path(spec.backbone_weights)
-        if not path.is_file():
-            raise ConfigError(f"model.backbone_weights: no file {path}")
-        try:  # weights_only: a file that holds code (a pickled object) is refused, not run
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(
-                f"model.backbone_weights: {path} is not a plain tensor state_dict ({first}); "
-                "save the weights with torch.save(model.state_dict(), path)"
-            ) from None
-        if not isinstance(state, dict):
-            raise ConfigError(f"model.backbone_weights: {path} holds no state_dict")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        body.load_state_dict(state, strict=False)
-    train = ["layer4", "layer3", "layer2", "layer1", "conv1"][: spec.trainable_backbone_layers]
-    if spec.trainable_backbone_layers == 5:
-        train.append("bn1")
-    for pname, p in body.named_parameters():
-        if not any(pname.startswith(layer) for layer in train):
-            p.requires_grad_(False)
-    c = body.inplanes // 8  # 64 for BasicBlock nets, 256 for Bottleneck nets
-    return BackboneWithFPN(
-        body,
-        {f"layer{i}": str(i - 1) for i in range(1, 5)},
-        [c * 2 ** (i - 1) for i in range(1, 5)],
-        256,
-        extra_blocks=LastLevelMaxPool(),
-        norm_layer=_norm_layer(spec.norm) if spec.norm == "gn" else None,
-    )
-
-
 def _parts(spec: ModelSpec, num_classes: int) -> dict[str, Any]:
     """Backbone, anchors, RoI pools and heads (all but the box predictor) for a spec."""
     ratios = (0.5, 1.0, 2.0)
-    head_norm = _norm_layer(spec.norm) if spec.norm == "gn" else None
+    head_norm = norm_layer(spec.norm) if spec.norm == "gn" else None
     if spec.backbone == "tiny":
-        backbone: nn.Module = TinyBackbone(_norm_layer(spec.norm))
+        backbone: nn.Module = tiny_backbone(spec.norm, spec.backbone_weights)
         sizes: tuple[tuple[int, ...], ...] = ((16,), (32,), (64,), (128,))
         # 32-channel mask head: at 300 detections per image, mask inference dominates
         # evaluation on CPU (64 channels cost 3x more for no measurable segm AP).
         levels, rep = ["0", "1", "2"], 128
         mask_layers: tuple[int, ...] = (32, 32)
     else:
-        backbone = _resnet_fpn(spec)
+        backbone = resnet_fpn(
+            spec.backbone, spec.norm, spec.backbone_weights, spec.trainable_backbone_layers
+        )
         sizes = ((32,), (64,), (128,), (256,), (512,))
         levels, rep, mask_layers = ["0", "1", "2", "3"], 1024, (256, 256, 256, 256)
     ch = int(backbone.out_channels)  # type: ignore[arg-type]
@@ -325,4 +241,4 @@ def build_detector(
     return model
 
 
-__all__ = ["BACKBONES", "ModelSpec", "TinyBackbone", "build_detector"]
+__all__ = ["BACKBONES", "ModelSpec", "build_detector"]

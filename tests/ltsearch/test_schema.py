@@ -101,8 +101,6 @@ BAD: dict[str, tuple[str, str]] = {
     "frozen-bn-null-weights": (
         edit("backbone: tiny", "backbone: resnet50_fpn, norm: frozen_bn, backbone_weights: null"),
         "model.norm"),
-    "weights-for-tiny": (edit("backbone: tiny", "backbone: tiny, backbone_weights: w.pth"),
-                         "model.backbone_weights"),
     "frozen-bn-without-weights": (
         edit("backbone: tiny", "backbone: resnet50_fpn, norm: frozen_bn"), "model.norm"),
     "decoupled-without-stage2": (
