@@ -32,8 +32,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_CODES = f"""exit codes:
   {EXIT_OK}    every (configuration, seed) of the study ok, or stopped by early stopping
        (or the command succeeded)
-  {EXIT_FAILED}    the study ran, but a (configuration, seed) failed or a systematic error
-       stopped it (the last line says how many, and where the errors are)
+  {EXIT_FAILED}    the study ran, but a (configuration, seed) or its stage-1 row failed, or a
+       systematic error stopped it (the last line says how many, and where the errors are)
   {EXIT_USER_ERROR}    a user error before anything started (one line; nothing written, no Ray)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGTERM or `ltsearch stop`); `ltsearch resume DIR`
        continues
@@ -136,7 +136,7 @@ def _finish(outcome: Any, *, report: bool) -> int:
     if not progress.rows_ok + progress.rows_failed:
         print(f"{line}; no (configuration, seed) run finished: see {d / 'tune'}")
         return EXIT_FAILED
-    if progress.rows_failed or outcome.stopped:
+    if progress.rows_failed or outcome.stopped or progress.baseline == "failed":
         print(f"{line}: errors in `ltsearch status {d}` (column `error` of {d / 'trials'})")
         return EXIT_FAILED
     if progress.trials_failed:  # failed without a row: its process died past max_retries

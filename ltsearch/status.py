@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ltsearch import journal
-from ltsearch.rows import config_label, config_params
+from ltsearch.rows import config_label, config_params, is_baseline, row_label, search_rows
 from ltsearch.spec.sections import Objective
 from ltsearch.store import ResultStore
 from ltsearch.study_dir import JOURNAL_FILE, load_study_dir
@@ -44,6 +44,8 @@ class StudyProgress:
         rows_ok, rows_failed, rows_stopped: (configuration, seed) rows by status
             (stopped: by early stopping at a rung, ``search.early_stopping``).
         journal: whether the study has an Optuna journal yet.
+        baseline: the stage-1 row (``training.stage1.evaluate``): ``ok``, ``failed`` or
+            ``pending``; None when the study asks for none. Not in the counts above.
     """
 
     study_dir: Path
@@ -58,6 +60,7 @@ class StudyProgress:
     rows_failed: int = 0
     rows_stopped: int = 0
     journal: bool = True
+    baseline: str | None = None
 
     @property
     def repeated(self) -> int:
@@ -73,7 +76,8 @@ class StudyProgress:
         """``runs (configuration x seed): 46 ok, 0 failed``: the parquet rows by status
         (``, 6 stopped early`` added when early stopping stopped some)."""
         text = f"runs (configuration x seed): {self.rows_ok} ok, {self.rows_failed} failed"
-        return text + (f", {self.rows_stopped} stopped early" if self.rows_stopped else "")
+        text += f", {self.rows_stopped} stopped early" if self.rows_stopped else ""
+        return text + (f"; stage 1 only: {self.baseline}" if self.baseline else "")
 
     def line(self) -> str:
         """One line: ``24/24 trials, study complete; 1 repeated configuration read back``
@@ -100,10 +104,18 @@ class StudyProgress:
 
 
 def progress_from(
-    study_dir: Path, name: str, n_trials: int, rows: Sequence[Mapping[str, Any]]
+    study_dir: Path,
+    name: str,
+    n_trials: int,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    stage1_row: bool = False,
 ) -> StudyProgress:
+    """``rows``: every stored row; ``stage1_row``: the study asks for a stage-1 row."""
     path = study_dir / JOURNAL_FILE
     states = journal.trial_states(path, name)
+    base = [r for r in rows if is_baseline(r)]
+    rows = search_rows(rows)
     ok = [r for r in rows if r.get("status") == "ok"]
     return StudyProgress(
         study_dir=study_dir,
@@ -118,6 +130,7 @@ def progress_from(
         rows_failed=sum(r.get("status") == "failed" for r in rows),
         rows_stopped=sum(r.get("status") == "stopped" for r in rows),
         journal=path.is_file(),
+        baseline=str(base[-1]["status"]) if base else "pending" if stage1_row else None,
     )
 
 
@@ -134,7 +147,8 @@ def study_progress(study_dir: str | Path) -> StudyProgress:
     """
     spec = load_study_dir(study_dir)
     root = _absolute(study_dir)
-    return progress_from(root, spec.name, spec.n_trials, ResultStore(root).trial_rows())
+    rows = ResultStore(root).trial_rows()
+    return progress_from(root, spec.name, spec.n_trials, rows, stage1_row=spec.training.stage1_row)
 
 
 def ap_scale(rows: Sequence[Mapping[str, Any]]) -> float:
@@ -186,8 +200,9 @@ def _failure_lines(failed: Sequence[Mapping[str, Any]]) -> list[str]:
     order = sorted(failed, key=lambda r: (str(r["config_hash"]), r["seed"]))
     for r in order[:MAX_STATUS_FAILURES]:
         err = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
-        label = config_label(str(r["loss"]), config_params(r, str(r["loss"])))
-        lines.append(f"    FAILED {str(r['config_hash'])[:8]} {label} seed {r['seed']}: {err[0]}")
+        lines.append(
+            f"    FAILED {str(r['config_hash'])[:8]} {row_label(r)} seed {r['seed']}: {err[0]}"
+        )
     if len(failed) > MAX_STATUS_FAILURES:
         lines.append(f"    ... and {len(failed) - MAX_STATUS_FAILURES} more failed run(s)")
     return lines
@@ -214,15 +229,19 @@ def status_text(study_dir: str | Path) -> str:
     """
     spec = load_study_dir(study_dir)
     root = _absolute(study_dir)
-    rows = ResultStore(root).trial_rows()
-    progress = progress_from(root, spec.name, spec.n_trials, rows)
+    every_row = ResultStore(root).trial_rows()
+    progress = progress_from(
+        root, spec.name, spec.n_trials, every_row, stage1_row=spec.training.stage1_row
+    )
+    rows = search_rows(every_row)
     lines = [f"study {spec.name} ({root})", f"  progress: {progress.line()}"]
     lines.append(f"  driver: {_driver_line(root)}")
     tracked = tracking.status_line(root, spec.tracking.mlflow if spec.tracking else None, rows)
     if tracked:
         lines.append(f"  {tracked}")  # mlflow: N runs logged, E errors (ltsearch.tracking)
+    failed = _failure_lines([r for r in every_row if r.get("status") == "failed"])
     if not rows:
-        return "\n".join([*lines, "  no (configuration, seed) run finished yet"])
+        return "\n".join([*lines, "  no (configuration, seed) run finished yet", *failed])
     ok = [r for r in rows if r.get("status") == "ok"]
     seeds = set(spec.search.seeds)
     have: dict[str, set[Any]] = {}
@@ -235,7 +254,7 @@ def status_text(study_dir: str | Path) -> str:
         f"seed ({started} started)"
     )
     lines.append(f"  {progress.runs_line()}")
-    lines += _failure_lines([r for r in rows if r.get("status") == "failed"])
+    lines += failed
     lines.append("  best so far (AP %, mean over a configuration's ok seeds):")
     lines += _best_lines(ok, spec.search.parsed_objectives)
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import pytest
 from ltsearch.cli import main as cli_main
 from ltsearch.space import grid_points
 from ltsearch.spec.loss import ParamSpace
-from ltsearch.spec.points import check_point
+from ltsearch.spec.points import check_point, is_metric_key
 from ltsearch.spec.sections import METRIC_NAMES
 from ltsearch.spec.study import StudySpec, load_spec, param_key
 from ltsearch.store import ResultStore
@@ -40,29 +40,82 @@ PAPER_STUDIES: dict[str, tuple[str, str]] = {
     "pareto_cross_loss": ("v1", "decoupled"),
 }
 
-# One printed row per table, copied from the paper (param values, metrics as printed), to
-# catch an edit of the YAML's numbers.
+# One printed row per table, copied from the paper (param values, metrics as printed: the
+# reference's kind and, where the table prints it, AP^bbox), to catch an edit of the YAML's
+# numbers.
 PAPER_ROWS: dict[str, dict[str, Any]] = {
     "acsl_table2": {"xi": 0.7, "AP": 26.36, "APr": 18.64, "APc": 26.41, "APf": 29.37},
-    "ahrl_table3": {"num_clusters": 200, "AP": 27.3, "APr": 17.5, "APc": 29.0, "APf": 29.1},
-    "ahrl_table5": {"loss": "eql", "AP": 27.0, "APr": 15.4, "APc": 29.0, "APf": 29.2},
-    "c2am_table3": {"s": 10.0, "AP": 14.2, "APr": 0, "APc": 7.6, "APf": 27.7},
-    "c2am_table4": {"alpha": 0.0, "AP": 24.1, "APr": 9.6, "APc": 23.2, "APf": 31.5},
-    "c2am_table5": {"margin": "fixed", "AP": 24.3, "APr": 11.5, "APc": 23.4, "APf": 30.9},
+    "ahrl_table3": {
+        "num_clusters": 200,
+        "bbox/AP": 27.4,
+        "AP": 27.3,
+        "APr": 17.5,
+        "APc": 29.0,
+        "APf": 29.1,
+    },
+    "ahrl_table5": {
+        "loss": "eql",
+        "bbox/AP": 26.8,
+        "AP": 27.0,
+        "APr": 15.4,
+        "APc": 29.0,
+        "APf": 29.2,
+    },
+    "c2am_table3": {"s": 10.0, "bbox/AP": 14.9, "AP": 14.2, "APr": 0, "APc": 7.6, "APf": 27.7},
+    "c2am_table4": {
+        "alpha": 0.0,
+        "bbox/AP": 24.8,
+        "AP": 24.1,
+        "APr": 9.6,
+        "APc": 23.2,
+        "APf": 31.5,
+    },
+    "c2am_table5": {
+        "margin": "fixed",
+        "bbox/AP": 25.2,
+        "AP": 24.3,
+        "APr": 11.5,
+        "APc": 23.4,
+        "APf": 30.9,
+    },
     "loce_table1": {
         "margin": False,
         "mfs": True,
+        "bbox/AP": 26.0,
         "AP": 25.7,
         "APr": 18.4,
         "APc": 25.0,
         "APf": 29.8,
     },
-    "loce_table2": {"alpha": 0.8, "AP": 26.4, "APr": 17.2, "APc": 26.3, "APf": 30.7},
-    "loce_table3": {"background_score": 0.1, "AP": 26.0, "APr": 17.8, "APc": 25.5, "APf": 30.3},
-    "loce_table4": {"mfs_k": 8, "mfs_m": 4, "AP": 26.6, "APr": 18.5, "APc": 26.2, "APf": 30.7},
+    "loce_table2": {
+        "alpha": 0.8,
+        "bbox/AP": 27.2,
+        "AP": 26.4,
+        "APr": 17.2,
+        "APc": 26.3,
+        "APf": 30.7,
+    },
+    "loce_table3": {
+        "background_score": 0.1,
+        "bbox/AP": 26.7,
+        "AP": 26.0,
+        "APr": 17.8,
+        "APc": 25.5,
+        "APf": 30.3,
+    },
+    "loce_table4": {
+        "mfs_k": 8,
+        "mfs_m": 4,
+        "bbox/AP": 27.4,
+        "AP": 26.6,
+        "APr": 18.5,
+        "APc": 26.2,
+        "APf": 30.7,
+    },
     "rog_table1": {
         "loss": "gap",
         "base": "eqlv2",
+        "bbox/AP": 25.0,
         "AP": 24.4,
         "APr": 17.2,
         "APc": 23.5,
@@ -71,12 +124,13 @@ PAPER_ROWS: dict[str, dict[str, Any]] = {
     "rog_table1_rfs": {
         "loss": "gap",
         "base": "bce",
+        "bbox/AP": 25.9,
         "AP": 25.1,
         "APr": 18.2,
         "APc": 24.6,
         "APf": 28.7,
     },
-    "rog_table4": {"gamma": 1.0, "AP": 23.9},
+    "rog_table4": {"gamma": 1.0, "online": True, "exclude_fg": True, "bbox/AP": 24.7, "AP": 23.9},
 }
 
 
@@ -90,7 +144,7 @@ def _flat_row(spec: StudySpec, row: dict[str, Any]) -> dict[str, Any]:
     loss = row.get("loss", names[0] if len(names) == 1 else None)
     out: dict[str, Any] = {"loss": loss}
     for key, value in row.items():
-        if key != "loss" and key not in METRIC_NAMES:
+        if key != "loss" and not is_metric_key(key):
             out[param_key(str(loss), key)] = value
     return out
 
@@ -184,6 +238,9 @@ def test_reference_rows_name_configurations_the_study_runs(stem: str) -> None:
     assert spec.n_trials <= len(points)
     matched: list[int] = []
     for i, row in enumerate(spec.reference.rows):
+        if "baseline" in row:  # the stage-1 row, which the study stores when it evaluates it
+            assert spec.training.stage1_row, f"reference row {i}: no stage-1 row to match"
+            continue
         flat = _flat_row(spec, row)
         hits = [j for j, p in enumerate(points) if _matches(p, flat)]
         assert len(hits) == 1, f"reference row {i} {flat} matches run points {hits}"
@@ -223,9 +280,16 @@ def test_smoke_run_writes_parquet(
     rc = cli_main(["run", str(path), "--smoke", "--storage", str(tmp_path), "--no-report"])
     assert rc == 0
     spec = load_spec(path).smoked()
-    df = ResultStore(tmp_path / spec.name).load_trials()
+    every = ResultStore(tmp_path / spec.name).load_trials()
+    assert set(every["status"]) == {"ok"}
+    base = every["baseline"].notna() if "baseline" in every else every["loss"].isna()
+    df = every[~base]
     assert len(df) == 2
-    assert set(df["status"]) == {"ok"}
     assert set(df[param]) == values
     for metric in spec.search.metric_names:
         assert df[metric].notna().all()
+    # training.stage1.evaluate (ACSL's "baseline (1x)"): one stage-1 row beside the trials
+    stage1 = every[base]
+    assert len(stage1) == int(spec.training.stage1_row)
+    for metric in spec.search.metric_names:
+        assert stage1[metric].notna().all()

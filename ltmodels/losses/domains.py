@@ -28,6 +28,9 @@ class Param:
         choices: allowed values for categorical parameters.
         kind: ``"float"``, ``"int"``, ``"bool"`` or ``"choice"``.
         doc: one line shown in error messages and ``ltsearch`` help.
+        hash_default: ``False`` for a parameter added after studies recorded results: at
+            its default it is left out of configuration hashes
+            (:func:`ltsearch.spec.hashing.config_hash`), so their hashes do not change.
     """
 
     default: Any
@@ -36,6 +39,7 @@ class Param:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     doc: str = ""
+    hash_default: bool = True
 
     def describe(self) -> str:
         if self.kind == "choice":
@@ -195,6 +199,18 @@ DOMAINS: Mapping[str, Mapping[str, Param]] = {
             kind="choice",
             choices=_CODE_PAPER,
             doc="code: own rank 1/2, raw logits ranked; paper: own rank 1, scores ranked",
+        ),
+        "online": Param(
+            True,
+            kind="bool",
+            hash_default=False,
+            doc="class sizes of w_m counted in training; false: the dataset's (Table 4)",
+        ),
+        "exclude_fg": Param(
+            True,
+            kind="bool",
+            hash_default=False,
+            doc="other classes' positives are not negatives of m (Table 4 Excl. FG)",
         ),
     },
 }

@@ -38,6 +38,16 @@ DDP workers (``all_reduce_sum``) so that 2 workers on halves of a batch keep the
 counts as 1 worker on the whole batch; the code counts per worker. ``|C^|`` and ``|P(m)|``
 are per worker, as in the code (DDP averages the workers' gradients).
 
+ROG Table 4's design switches (defaults: both on, the full design and the released code):
+``online=False`` takes ``n_m`` from the dataset instead of counting it ("Online" x: "the
+pre-defined category distribution from dataset", Sec. 4.2), here the number of training
+images containing class ``m`` given to :meth:`set_class_stats` (the paper does not say
+whether images or instances are counted; only the distribution matters, Eq. 9 normalises).
+``exclude_fg=False`` ranks the positives of ``m`` against ``N(m)``, every entry but the
+positives of ``m``, instead of ``N`` ("Excl. FG" x): the positives of the other classes
+become negatives of ``m`` (sum over ``j in N(m)`` in Eq. 7, 8 and 11). ``gamma = 0`` gives
+every ``w_m = 1``, Table 4's "omega" x.
+
 Shape shorthand: N RoIs, C foreground classes, K = ``base.num_logits(C)``, P positives,
 Q negatives ranked against them. Labels follow torchvision (0 background). The base loss
 (``base``, built with its defaults) fixes the column layout: ``num_logits`` and ``scores``
@@ -53,121 +63,7 @@ import torch
 from ltmodels.engine.distributed import all_reduce_sum
 from ltmodels.losses.base import LongTailLoss, build_loss, register_loss, registry, upcast
 from ltmodels.losses.domains import DOMAINS
-
-_ACTIVE_EPS = 1e-10
-
-
-def gap_class_weight(counts: torch.Tensor, gamma: float) -> torch.Tensor:
-    """``w_m`` of Eq. 9 from per-class counts ``[C]`` (clamped at 1), as float64."""
-    w = counts.double().clamp_min(1.0).reciprocal().pow(gamma)
-    return w / (w.sum() + 1e-9) * counts.numel()
-
-
-def _ramp_sums(
-    points: torch.Tensor,
-    weights: torch.Tensor,
-    queries: torch.Tensor,
-    delta: float,
-    *,
-    queries_below: bool,
-    sorted_input: str = "",
-) -> torch.Tensor:
-    """``out[q] = sum_p weights[p] * H`` with the ramp ``H`` of Eq. 5, without the P x Q matrix.
-
-    ``queries_below=True``: ``H = clamp((points[p] - queries[q]) / 2 delta + 1/2, 0, 1)``
-    (a positive ``q`` against negatives ``p``); ``False``: the same ramp with the roles
-    swapped, ``H = clamp((queries[q] - points[p]) / 2 delta + 1/2, 0, 1)``. The points are
-    sorted once; each query sums the points where ``H = 1`` and the linear part of the ramp
-    from prefix sums (float64), so the cost is O((P + Q) log P) instead of O(P Q).
-    ``sorted_input``: ``"points"`` or ``"queries"`` when that side is already ascending
-    (sorted queries are located with one pass of counts instead of a search per query).
-    """
-    if sorted_input == "points":
-        x, w = points.double(), weights.double()
-    else:
-        order = torch.argsort(points)
-        x, w = points[order].double(), weights[order].double()
-    zero = x.new_zeros(1)
-    cw = torch.cat([zero, torch.cumsum(w, 0)])  # cw[k] = sum of the first k weights
-    cwx = torch.cat([zero, torch.cumsum(w * x, 0)])
-    q = queries.double()
-    # H rises linearly from 0 to 1 over the points x in (lo, hi] (queries_below) or falls
-    # from 1 to 0 over x in [lo, hi) (not queries_below); the ramp is continuous, so which
-    # side a tie at a boundary falls on does not change the sum.
-    search = _search_sorted_queries if sorted_input == "queries" else torch.searchsorted
-    lo = search(x, q - delta, right=True)
-    hi = search(x, q + delta, right=False)
-    mid_w = cw[hi] - cw[lo]
-    mid_wx = cwx[hi] - cwx[lo]
-    if queries_below:  # H = (x - q + delta) / 2 delta on the ramp, 1 above it
-        ramp = (mid_wx - (q - delta) * mid_w) / (2 * delta)
-        full = cw[-1] - cw[hi]
-    else:  # H = (q - x + delta) / 2 delta on the ramp, 1 below it
-        ramp = ((q + delta) * mid_w - mid_wx) / (2 * delta)
-        full = cw[lo]
-    return (ramp + full).to(queries.dtype)
-
-
-def _search_sorted_queries(x: torch.Tensor, q: torch.Tensor, *, right: bool) -> torch.Tensor:
-    """``torch.searchsorted(x, q, right=right)`` for ascending ``q``: each of the few points
-    ``x`` is placed among the many queries, and the counts are accumulated (O(P log Q + Q))."""
-    pos = torch.searchsorted(q, x, right=not right)
-    return torch.cumsum(torch.bincount(pos, minlength=q.numel() + 1), 0)[: q.numel()]
-
-
-def gap_gradient(
-    scores: torch.Tensor,
-    labels: torch.Tensor,
-    class_weight: torch.Tensor,
-    *,
-    delta: float,
-    own_rank: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The error-driven gradient of Eq. 11 (without ``lambda_gap``), vectorised.
-
-    Args:
-        scores: ``[N, C]`` ranked scores, column ``j`` is label ``j + 1``.
-        labels: ``[N]`` long in ``0..C``, at least one foreground.
-        class_weight: ``[C]`` ``w_m``.
-        delta: margin of ``H`` (Eq. 5).
-        own_rank: ``o``, the positive's own term in ``R+`` (code 0.5, paper 1).
-
-    Returns:
-        ``([N, C] gradient, [P] ranking error sum_j L_ij, [P] 1 / (|P(m)| |C^|))``.
-    """
-    s = scores.detach()
-    n, c = s.shape
-    rows = torch.nonzero(labels > 0).squeeze(1)
-    cols = labels[rows] - 1
-    s_pos = s[rows, cols]
-    per_class = torch.bincount(cols, minlength=c)
-    norm = 1.0 / (per_class[cols] * (per_class > 0).sum()).to(s.dtype)
-    coef = class_weight.to(s.dtype)[cols] * norm
-
-    h_pp = ((s_pos[None, :] - s_pos[:, None]) / (2 * delta) + 0.5).clamp(0.0, 1.0)
-    same = cols[:, None] == cols[None, :]
-    same.fill_diagonal_(False)
-    r_plus = own_rank + (h_pp * same).sum(1)
-
-    neg = torch.ones(n, c, dtype=torch.bool, device=s.device)
-    neg[rows, cols] = False
-    flat = s.reshape(-1)
-    # Entries below min(positive) - delta have H = 0 against every positive (the code's cut).
-    neg_idx = torch.nonzero(neg.reshape(-1) & (flat >= s_pos.min() - delta)).squeeze(1)
-    s_neg, order = torch.sort(flat[neg_idx])
-    neg_idx = neg_idx[order]
-    fp = _ramp_sums(
-        s_neg, torch.ones_like(s_neg), s_pos, delta, queries_below=True, sorted_input="points"
-    )
-    live = (fp > _ACTIVE_EPS).to(s.dtype)
-    a = coef * live / (r_plus + fp)
-    g_neg = _ramp_sums(s_pos, a, s_neg, delta, queries_below=False, sorted_input="queries")
-    error = fp / (r_plus + fp)
-    grad = torch.zeros_like(flat)
-    grad[neg_idx] = g_neg
-    grad = grad.reshape(n, c)
-    grad[rows, cols] = -coef * error * (fp > _ACTIVE_EPS).to(s.dtype)
-    return grad, error, norm
+from ltmodels.losses.gap_ranking import gap_class_weight, gap_gradient
 
 
 class _GAPFunction(torch.autograd.Function):
@@ -183,9 +79,10 @@ class _GAPFunction(torch.autograd.Function):
         own_rank: float,
         lam: float,
         weighted_value: bool,
+        exclude_fg: bool,
     ) -> torch.Tensor:
         grad, error, norm = gap_gradient(
-            scores, labels, class_weight, delta=delta, own_rank=own_rank
+            scores, labels, class_weight, delta=delta, own_rank=own_rank, exclude_fg=exclude_fg
         )
         ctx.save_for_backward(grad * lam)
         if weighted_value:
@@ -196,7 +93,7 @@ class _GAPFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
         (grad,) = ctx.saved_tensors
-        return grad * grad_out, None, None, None, None, None, None
+        return grad * grad_out, None, None, None, None, None, None, None
 
 
 class _BaseWidth:
@@ -227,14 +124,19 @@ class GAPLoss(LongTailLoss):
         lambda_gap: float = 1.0,
         base: str = "bce",
         variant: str = "code",
+        online: bool = True,
+        exclude_fg: bool = True,
     ) -> None:
         super().__init__(num_classes=num_classes)
         self.delta = float(delta)
         self.gamma = float(gamma)
         self.lambda_gap = float(lambda_gap)
         self.variant = variant
+        self.online = bool(online)
+        self.exclude_fg = bool(exclude_fg)
         self.base = build_loss(base, num_classes=num_classes)
-        # RoIs seen per label (entry 0 background), summed over workers; int64 stays exact.
+        # online: RoIs seen per label (entry 0 background), summed over workers (int64 stays
+        # exact); offline: the training images of each class, from set_class_stats
         self.register_buffer("counts", torch.zeros(num_classes + 1, dtype=torch.long))
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
@@ -245,11 +147,18 @@ class GAPLoss(LongTailLoss):
         return self.base.foreground_logits(logits)
 
     def set_class_stats(self, image_counts: torch.Tensor, num_images: int) -> None:
-        """Passed on to the base loss (GAP itself counts online)."""
+        """Passed on to the base loss; with ``online=False`` the class sizes of Eq. 9 too
+        (``image_counts``: ``[C]`` training images containing each class)."""
         self.base.set_class_stats(image_counts, num_images)
+        if not self.online:
+            sizes = torch.as_tensor(image_counts).round().long().flatten()
+            if sizes.numel() != self.num_classes:
+                raise ValueError(f"gap: {sizes.numel()} class counts for {self.num_classes}")
+            self.counts[0] = 0
+            self.counts[1:] = sizes.to(self.counts.device)
 
     def class_weight(self) -> torch.Tensor:
-        """``[C]`` ``w_m`` of Eq. 9 from the counts so far."""
+        """``[C]`` ``w_m`` of Eq. 9 from the counts (online: so far; offline: the dataset's)."""
         return gap_class_weight(self.counts[1:], self.gamma)
 
     def forward(  # type: ignore[override]
@@ -270,9 +179,11 @@ class GAPLoss(LongTailLoss):
         terms = dict(self.base(logits, labels, **context))
         if "loss_gap" in terms:
             raise RuntimeError(f"gap: base loss {self.base.name!r} already returns loss_gap")
-        if self.training:
+        if self.training and self.online:
             batch = torch.bincount(labels, minlength=self.num_classes + 1)
             self.counts += all_reduce_sum(batch).to(self.counts.device)
+        elif not self.online and not bool(self.counts.any()):
+            raise RuntimeError("gap (online=False): class sizes unset; call set_class_stats()")
         if self.variant == "code":
             s = upcast(self.base.foreground_logits(logits))
         else:
@@ -289,6 +200,7 @@ class GAPLoss(LongTailLoss):
             own,
             self.lambda_gap,
             self.variant == "paper",
+            self.exclude_fg,
         )
         return terms
 

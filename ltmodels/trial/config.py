@@ -14,6 +14,9 @@ Schedules:
     ``decoupled``: stage 1 (``TrialConfig.stage1``: baseline loss and sampler) is trained
     once, cached under a hash of its spec and reused by every trial; stage 2
     (``TrialConfig.train``) fine-tunes only the parts named in ``finetune``.
+    ``stage1_only``: no trial stage; the (cached) stage-1 model of ``TrialConfig.stage1``
+    evaluated as is, the "before re-balancing" row of a decoupled study (``train`` is
+    not used).
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ class StageConfig:
         finetune: parts that train (subset of :data:`FINETUNE_PARTS`); empty = all.
         use_feature_cache: stage 2 trains the box predictor on cached box-head features.
         seed: seed of this stage (stage 1 keeps its own, so all trials share it).
+        lr_milestones: epochs (increasing, below ``epochs``) at whose end the lr is
+            multiplied by 0.1; ``None``: at 2/3 and 8/9 of the iterations (the engine's
+            default); ``()``: no decay. See :meth:`milestone_fractions`.
     """
 
     loss: str = "ce"
@@ -63,6 +69,14 @@ class StageConfig:
     finetune: tuple[str, ...] = ()
     use_feature_cache: bool = False
     seed: int = 0
+    lr_milestones: tuple[float, ...] | None = None
+
+    def milestone_fractions(self) -> tuple[float, ...] | None:
+        """``lr_milestones`` as fractions of the stage's iterations (what
+        ``ltmodels.engine.train.WarmupMultiStepLR`` takes); ``None`` when unset."""
+        if self.lr_milestones is None:
+            return None
+        return tuple(m / self.epochs for m in self.lr_milestones)
 
 
 @dataclass(frozen=True)
@@ -72,7 +86,7 @@ class TrialConfig:
     Attributes:
         data: dataset paths.
         model: keyword overrides of :class:`ltmodels.modeling.detector.ModelSpec`.
-        schedule: ``"end_to_end"`` or ``"decoupled"``.
+        schedule: ``"end_to_end"``, ``"decoupled"`` or ``"stage1_only"``.
         train: the trial's own stage (whole training, or stage 2), with the trial's loss.
         stage1: the shared baseline stage when ``schedule == "decoupled"``.
         seed: the trial's seed (data order, initialisation of what it trains).
@@ -121,6 +135,15 @@ class TrialResult:
         return cls(**dict(data))
 
 
+def stage_key_fields(stage: StageConfig) -> dict[str, Any]:
+    """A stage's fields for the keys that name cached work (stage 1's cache, packs): an
+    unset ``lr_milestones`` is left out, so the keys made before it existed stay valid."""
+    out = asdict(stage)
+    if out["lr_milestones"] is None:
+        del out["lr_milestones"]
+    return out
+
+
 def trial_config_to_dict(cfg: TrialConfig) -> dict[str, Any]:
     """Plain data (JSON-able) for shipping a config to Ray Train workers."""
     return asdict(cfg)
@@ -137,4 +160,6 @@ def trial_config_from_dict(data: Mapping[str, Any]) -> TrialConfig:
 def _stage(data: Mapping[str, Any]) -> StageConfig:
     d = dict(data)
     d["finetune"] = tuple(d.get("finetune", ()))
+    if d.get("lr_milestones") is not None:
+        d["lr_milestones"] = tuple(d["lr_milestones"])
     return StageConfig(**d)

@@ -40,7 +40,7 @@ from ltmodels.cache.member import Member, Optim
 from ltmodels.cache.train import PackTimes, train_pack
 from ltmodels.engine import phases
 from ltmodels.engine.checkpoint import recorded_sha256
-from ltmodels.trial.config import TrialConfig, TrialResult
+from ltmodels.trial.config import TrialConfig, TrialResult, stage_key_fields
 from ltmodels.trial.schedules import (
     device_of,
     ensure_stage1,
@@ -60,15 +60,17 @@ def packable(cfg: TrialConfig) -> bool:
 
 def pack_key(cfg: TrialConfig) -> str:
     """What members of one pack share: everything but the stage-2 loss, its parameters and
-    its optimiser settings. Raises ValueError for a trial that cannot be packed."""
+    its optimiser settings (lr schedule included). Raises ValueError for a trial that
+    cannot be packed."""
     if not packable(cfg):
         raise ValueError("only decoupled feature-cache trials can be packed")
-    shared = replace(cfg.train, loss="", loss_params={}, lr=0.0, momentum=0.0, weight_decay=0.0)
+    optim = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "lr_milestones": None}
+    shared = replace(cfg.train, loss="", loss_params={}, **optim)
     payload = {
         "data": asdict(cfg.data),
         "model": dict(cfg.model),
-        "stage1": asdict(cfg.stage1) if cfg.stage1 is not None else None,
-        "train": asdict(shared),
+        "stage1": stage_key_fields(cfg.stage1) if cfg.stage1 is not None else None,
+        "train": stage_key_fields(shared),
         "seed": cfg.seed,
         "device": cfg.device,
         "cache_dir": cfg.cache_dir,
@@ -79,7 +81,10 @@ def pack_key(cfg: TrialConfig) -> str:
 
 def _optim(cfg: TrialConfig) -> Optim:
     s = cfg.train
-    return Optim(s.lr, s.momentum, s.weight_decay, s.warmup_iters)
+    fractions = s.milestone_fractions()
+    if fractions is None:
+        return Optim(s.lr, s.momentum, s.weight_decay, s.warmup_iters)
+    return Optim(s.lr, s.momentum, s.weight_decay, s.warmup_iters, fractions)
 
 
 def run_pack(

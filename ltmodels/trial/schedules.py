@@ -1,4 +1,6 @@
-"""The two schedules a trial can follow: ``end_to_end`` and ``decoupled``.
+"""The two schedules a trial can follow: ``end_to_end`` and ``decoupled``; and
+``stage1_only``, a decoupled study's stage-1 model evaluated as is (the papers' "before
+re-balancing" row): no training of its own, the cached stage 1 (trained here if missing).
 
 ``decoupled`` trains stage 1 once per stage-1 spec: the weights are cached under
 ``<cache_dir>/stage1/<key>/model.pt`` (key = hash of the stage-1 config, model spec and
@@ -39,7 +41,7 @@ from ltmodels.engine.checkpoint import (
 from ltmodels.engine.evaluate import predict, score_detections
 from ltmodels.losses import build_loss
 from ltmodels.modeling.detector import ModelSpec, build_detector
-from ltmodels.trial.config import StageConfig, TrialConfig, TrialResult
+from ltmodels.trial.config import StageConfig, TrialConfig, TrialResult, stage_key_fields
 from ltmodels.trial.stages import (
     EpochCallback,
     Timer,
@@ -110,7 +112,7 @@ def stage1_key(cfg: TrialConfig, spec: ModelSpec) -> str:
     """Hash of what stage 1 trains on and how: reused by every trial and study that agree."""
     assert cfg.stage1 is not None
     payload = {
-        "stage1": asdict(cfg.stage1),
+        "stage1": stage_key_fields(cfg.stage1),
         "model": asdict(spec),
         "train": _file_sig(cfg.data.train_json),
         "val": _file_sig(cfg.data.val_json),
@@ -224,6 +226,22 @@ def stage2_model(
     return model
 
 
+def stage1_only(
+    cfg: TrialConfig, spec: ModelSpec, train_set: LVISDetection, val_set: LVISDetection, device
+) -> TrialResult:
+    """The stage-1 model, exactly as every trial starts from it, evaluated on the whole
+    validation set (bbox, and segm when ``cfg.eval_masks``)."""
+    assert cfg.stage1 is not None
+    timer = Timer()
+    with timer("stage1", report=False):  # ensure_stage1 reports what it does
+        weights, _key = ensure_stage1(cfg, spec, train_set, device)
+    model = build_model(spec, cfg.stage1, train_set, device)
+    load_checkpoint(weights, model=model, restore_rng=False)
+    with timer("eval"):
+        metrics, rows = full_evaluation(model, val_set, cfg, spec, device)
+    return TrialResult(metrics, [], rows, dict(timer.totals))
+
+
 def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None) -> TrialResult:
     """See :func:`ltmodels.trial.run.run_trial`."""
     timer = Timer()
@@ -232,6 +250,8 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
     phases.report("data")
     train_set, val_set = datasets(cfg.data, masks=spec.masks)
     workdir.mkdir(parents=True, exist_ok=True)
+    if cfg.schedule == "stage1_only":
+        return stage1_only(cfg, spec, train_set, val_set, device)
     if cfg.schedule == "end_to_end":
         torch.manual_seed(cfg.seed)
         model = build_model(spec, cfg.train, train_set, device)

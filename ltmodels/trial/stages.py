@@ -165,7 +165,11 @@ def train_stage(
         model, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
     )
     total = max(1, stage.epochs * len(loader))
-    scheduler = WarmupMultiStepLR(optimizer, total_iters=total, warmup_iters=stage.warmup_iters)
+    fractions = stage.milestone_fractions()
+    decay = {} if fractions is None else {"milestones": fractions}
+    scheduler = WarmupMultiStepLR(
+        optimizer, total_iters=total, warmup_iters=stage.warmup_iters, **decay
+    )
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
     history: list[dict[str, float]] = []
     start = 0

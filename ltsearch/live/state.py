@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ltsearch.control import is_running, read_holder
-from ltsearch.rows import config_label, config_params
+from ltsearch.rows import config_label, config_params, search_rows
 from ltsearch.spec.sections import Objective
 from ltsearch.status import StudyProgress, ap_scale, metric_value, progress_from
 from ltsearch.store import ResultStore
@@ -151,8 +151,11 @@ def snapshot(study_dir: str | Path) -> Snapshot:
     """
     spec = load_study_dir(study_dir)
     root = Path(os.path.abspath(study_dir))
-    rows = ResultStore(root).trial_rows()
-    progress = progress_from(root, spec.name, spec.n_trials, rows)
+    every_row = ResultStore(root).trial_rows()
+    progress = progress_from(
+        root, spec.name, spec.n_trials, every_row, stage1_row=spec.training.stage1_row
+    )
+    rows = search_rows(every_row)  # the stage-1 row has no place on a front or in the ETA
     driver = is_running(root)
     objectives = spec.search.parsed_objectives
     concurrency = spec.resources.max_concurrent_trials

@@ -24,12 +24,12 @@ import pandas as pd
 
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.errors import ConfigError
+from ltsearch.report.ablation import ablation_section
 from ltsearch.report.early import early_stopping_md
 from ltsearch.report.html import HTML_FILE, Page, write_html
 from ltsearch.report.plots import plot_compare, plot_front, plot_groups, plot_sweeps
 from ltsearch.report.sections import (
     REPORT_DIR,
-    ablation_section,
     compare_md,
     domination_md,
     failures_md,
@@ -37,7 +37,15 @@ from ltsearch.report.sections import (
     reading_md,
     summary_md,
 )
-from ltsearch.report.tables import GROUP_METRICS, Summary, groups_md, prepare_runs, summarize
+from ltsearch.report.tables import (
+    GROUP_METRICS,
+    Summary,
+    baseline_mask,
+    groups_md,
+    prepare_runs,
+    summarize,
+    with_baseline,
+)
 from ltsearch.spec.sections import METRICS, Objective
 from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
@@ -88,7 +96,8 @@ def _group_configs(summary: Summary) -> pd.DataFrame:
     c = summary.configs
     picked = c[c["front"]]
     best = c.drop_duplicates("loss")  # configs are ordered best first
-    return pd.concat([picked, best[~best["config_hash"].isin(picked["config_hash"])]])
+    groups = pd.concat([picked, best[~best["config_hash"].isin(picked["config_hash"])]])
+    return with_baseline(summary.baseline, groups)
 
 
 def _compared(
@@ -125,7 +134,8 @@ def _result_parts(
     configurations, this one first (empty: no comparison)."""
     out.mkdir(parents=True, exist_ok=True)
     c, (x, y) = summary.configs, xy
-    write_atomic(out / "configs.csv", lambda f: c.to_csv(f, index=False))
+    table = with_baseline(summary.baseline, c)  # the stage-1 row first, rank 0
+    write_atomic(out / "configs.csv", lambda f: table.to_csv(f, index=False))
     dirs = _directions(spec.search.parsed_objectives, xy)
     front_png = plot_front(out / "pareto.png", c, x, y, dirs, spec.name)
     parts = ["## Pareto front\n\n" + front_section(summary) + _image("front", front_png)]
@@ -136,7 +146,7 @@ def _result_parts(
     kind = _sweep_kind(spec, x)
     parts.append(
         "## AP by frequency group\n\nConfigurations on the front, then each loss's best "
-        "not on it.\n\n"
+        f"not on it{', after the stage-1 baseline' if len(summary.baseline) else ''}.\n\n"
         + groups_md(groups, _kinds(summary))
         + _image("groups", plot_groups(out / "groups.png", groups, kind))
     )
@@ -175,7 +185,8 @@ def write_report(
     x, y = _axes(spec, x, y)
     objectives = spec.search.parsed_objectives
     runs, scale, summary = _load(study_dir, objectives, _metrics(spec, x, y))
-    parts = [f"# Study report: {spec.name}", summary_md(spec, study_dir, runs, scale)]
+    searched = runs[~baseline_mask(runs)] if not runs.empty else runs  # the search's runs
+    parts = [f"# Study report: {spec.name}", summary_md(spec, study_dir, searched, scale)]
     dirs = _directions(objectives, (x, y))
     studies: list[tuple[str, pd.DataFrame]] = []  # this study first, then the compared ones
     if compare and not summary.configs.empty:

@@ -1,34 +1,22 @@
-"""Markdown sections of a study report: summary, front, domination, ablation, failures.
+"""Markdown sections of a study report: summary, front, domination, failures, comparison
+(the ablation against a paper's table is :mod:`ltsearch.report.ablation`).
 
 Every function returns Markdown text; :mod:`ltsearch.report` puts the sections together.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from ltmodels.losses.domains import DOMAINS
 from ltsearch.report.pareto import hypervolume, prob_dominates
 from ltsearch.report.plots import front_xy
-from ltsearch.report.tables import (
-    PARAM_PREFIX,
-    Summary,
-    config_label,
-    config_params,
-    fmt,
-    front_md,
-    md_table,
-    signed,
-)
-from ltsearch.spec.points import point_loss
-from ltsearch.spec.sections import METRIC_NAMES
+from ltsearch.report.tables import Summary, fmt, front_md, md_table, short_id
+from ltsearch.rows import row_label
 from ltsearch.spec.study import StudySpec
 
 REPORT_DIR = "report"
@@ -65,7 +53,8 @@ def front_section(summary: Summary) -> str:
             f"({', '.join(fmt(r) for r in ref)}): the worst possible value of each objective."
         )
     more = f" (first {FRONT_ROWS} of {len(c)}; all in `{REPORT_DIR}/configs.csv`)"
-    lines.append(f"Configurations by Pareto rank{more if len(c) > FRONT_ROWS else ''}:")
+    first = ", after the stage-1 model as is (not ranked)" if len(summary.baseline) else ""
+    lines.append(f"Configurations by Pareto rank{more if len(c) > FRONT_ROWS else ''}{first}:")
     return "\n\n".join([*lines, front_md(summary, FRONT_ROWS)])
 
 
@@ -195,95 +184,11 @@ def failures_md(runs: pd.DataFrame, limit: int = 50) -> str:
     rows = []
     for _, r in failed.sort_values(["config_hash", "seed"]).iloc[:limit].iterrows():
         lines = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
-        loss = str(r["loss"])
-        label = config_label(loss, config_params(r, loss))
-        rows.append([str(r["config_hash"])[:8], label, int(r["seed"]), lines[0]])
+        rows.append([short_id(r), row_label(r), int(r["seed"]), lines[0]])
     more = f" (first {limit})" if len(failed) > limit else ""
     return (
         f"## Failed runs\n\n{len(failed)} failed run(s){more}; full tracebacks are in the "
         "`error` column.\n\n" + md_table(["config", "configuration", "seed", "error"], rows)
-    )
-
-
-def _same(a: Any, b: Any) -> bool:
-    numeric = (int, float, np.integer, np.floating)
-    if isinstance(a, numeric) and isinstance(b, numeric) and not isinstance(a, (bool, np.bool_)):
-        return not isinstance(b, (bool, np.bool_)) and math.isclose(
-            float(a), float(b), rel_tol=1e-6, abs_tol=1e-9
-        )
-    return bool(a == b)
-
-
-def match_reference(spec: StudySpec, configs: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
-    """The configurations a reference row names: its loss, and its parameter values
-    (floats within 1e-6; a parameter the run did not record counts as its default)."""
-    loss = point_loss(row, spec.loss, ["reference"])
-    hit = configs[configs["loss"] == loss] if not configs.empty else configs
-    domains = DOMAINS[loss]
-    for key, want in row.items():
-        if key == "loss" or key in METRIC_NAMES or hit.empty:
-            continue
-        col = f"{PARAM_PREFIX}{loss}.{key}"
-        default = domains[key].default if key in domains else None
-        have = hit[col] if col in hit else pd.Series(default, index=hit.index, dtype=object)
-        have = have.where(have.notna(), default) if default is not None else have
-        hit = hit[[_same(v, want) for v in have]]
-    return hit
-
-
-def ablation_md(spec: StudySpec, summary: Summary) -> str:
-    """Each reference row next to the matching configuration: ``paper | ours (Δ)`` per
-    metric the row gives. Several matches: the one with most seeds, then best ranked."""
-    ref = spec.reference
-    if ref is None:
-        return ""
-    metrics = [m for m in METRIC_NAMES if any(m in r for r in ref.rows)]
-    header = ["reference", "matched config", "seeds"]
-    header += [f"{m} paper | ours (\u0394)" for m in metrics]
-    rows = []
-    for row in ref.rows:
-        name = config_label(
-            point_loss(row, spec.loss, ["reference"]),
-            {k: v for k, v in row.items() if k != "loss" and k not in METRIC_NAMES},
-        )
-        hit = match_reference(spec, summary.configs, row)
-        best = hit.sort_values("n", ascending=False, kind="stable").iloc[0] if len(hit) else None
-        cells = []
-        for m in metrics:
-            paper = row.get(m)
-            ours = np.nan if best is None else best.get(f"{ref.metric_kind}/{m}.mean", np.nan)
-            if paper is None:
-                cells.append(f"\u2014 | {fmt(ours)}")
-            elif pd.isna(ours):
-                cells.append(f"{fmt(paper)} | \u2014")
-            else:
-                cells.append(f"{fmt(paper)} | {fmt(ours)} ({signed(float(ours) - paper)})")
-        match = "none yet" if best is None else f"{str(best['config_hash'])[:8]} {best['label']}"
-        if len(hit) > 1:
-            match += f" (1 of {len(hit)} matches)"
-        rows.append([name, match, 0 if best is None else int(best["n"]), *cells])
-    return md_table(header, rows)
-
-
-def ablation_section(spec: StudySpec, summary: Summary) -> str:
-    """The reference comparison with a note on what agreement to expect."""
-    ref = spec.reference
-    assert ref is not None
-    if spec.dataset.kind == "synthetic":
-        note = (
-            "This study runs on the embedded synthetic dataset: its numbers are not expected "
-            "to match the paper's LVIS numbers in absolute terms; compare the trends across "
-            "rows."
-        )
-    else:
-        note = (
-            "Differences also come from schedule, seeds and implementation details; papers "
-            "usually report one run."
-        )
-    return (
-        f"## Ablation: {ref.source} ({ref.metric_kind})\n\nEach reference row next to the "
-        "configuration with the same loss and parameter values (floats within 1e-6): "
-        f"paper | ours (ours \u2212 paper). {note}\n\n" + ablation_md(spec, summary)
     )
 
 
@@ -313,7 +218,6 @@ duckdb.sql(f\"\"\"SELECT loss, avg("bbox/APr") AS apr
 
 
 __all__ = [
-    "REPORT_DIR", "ablation_md", "ablation_section", "compare_md", "compare_note", "compare_rows",
-    "domination_md", "failures_md", "front_section", "hv_reference", "match_reference",
-    "reading_md", "summary_md",
+    "REPORT_DIR", "compare_md", "compare_note", "compare_rows", "domination_md", "failures_md",
+    "front_section", "hv_reference", "reading_md", "summary_md",
 ]  # fmt: skip

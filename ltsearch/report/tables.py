@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ltsearch.report.pareto import pareto_rank, seed_summary
-from ltsearch.rows import PARAM_PREFIX, config_label, config_params
+from ltsearch.rows import BASELINE, PARAM_PREFIX, STAGE1, config_label, config_params, row_label
 from ltsearch.spec.sections import Objective
 
 GROUP_METRICS = ("AP", "APr", "APc", "APf")
@@ -40,12 +40,34 @@ class Summary:
         objectives: the ranked objectives: those with a value in some configuration.
         missing: objectives without any value yet (not ranked on).
         metrics: the metric columns summarised.
+        baseline: the baseline rows (the stage-1 model as is, ``training.stage1.evaluate``)
+            summarised as ``configs`` are, with rank 0; not part of ``configs``, so never
+            ranked, on a front or in a hypervolume.
     """
 
     configs: pd.DataFrame
     objectives: list[Objective]
     metrics: list[str]
     missing: list[Objective] = field(default_factory=list)
+    baseline: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def baseline_mask(runs: pd.DataFrame) -> pd.Series:
+    """Which runs are baseline rows (:func:`ltsearch.rows.is_baseline`)."""
+    if BASELINE not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs[BASELINE].notna()
+
+
+def with_baseline(baseline: pd.DataFrame, configs: pd.DataFrame) -> pd.DataFrame:
+    """The baseline rows first, then ``configs`` (as tables show them)."""
+    return pd.concat([baseline, configs], ignore_index=True) if len(baseline) else configs
+
+
+def short_id(row: Any) -> str:
+    """A configuration's short name in tables: its hash's first 8 digits, ``stage1`` for
+    the stage-1 row."""
+    return STAGE1 if row.get("loss") == STAGE1 else str(row["config_hash"])[:8]
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
@@ -81,9 +103,7 @@ def _identity(ok: pd.DataFrame) -> pd.DataFrame:
     first = ok.drop_duplicates("config_hash").set_index("config_hash")
     keep = ["loss", *param_columns(first)]
     ident = first[keep].copy()
-    ident["label"] = [
-        config_label(str(r["loss"]), config_params(r, str(r["loss"]))) for _, r in ident.iterrows()
-    ]
+    ident["label"] = [row_label(r) for _, r in first.iterrows()]
     return ident
 
 
@@ -137,6 +157,7 @@ def summarize(
     runs: pd.DataFrame, objectives: Sequence[Objective], metrics: Sequence[str]
 ) -> Summary:
     """Per configuration: means over ok seeds, Pareto rank, bootstrap intervals of the best.
+    Baseline rows are summarised apart (``Summary.baseline``), never ranked.
 
     Args:
         runs: prepared runs (:func:`prepare_runs`), ok and failed.
@@ -144,6 +165,17 @@ def summarize(
             configuration) is left out and listed in ``missing``.
         metrics: metric columns to summarise (those absent from ``runs`` are skipped).
     """
+    base = baseline_mask(runs)
+    out = _summarize(runs[~base], objectives, metrics)
+    if base.any():
+        metrics = [*(o.metric for o in objectives), *metrics]
+        out = replace(out, baseline=_summarize(runs[base], [], metrics).configs)
+    return out
+
+
+def _summarize(
+    runs: pd.DataFrame, objectives: Sequence[Objective], metrics: Sequence[str]
+) -> Summary:
     metrics = [m for m in dict.fromkeys([*[o.metric for o in objectives], *metrics])]
     metrics = [m for m in metrics if m in runs.columns]
     ok = runs[runs["status"] == "ok"]
@@ -227,11 +259,13 @@ def front_md(summary: Summary, limit: int = 30) -> str:
     c = summary.configs
     header = ["rank", "config", "configuration", "seeds", *[o.metric for o in summary.objectives]]
     rows = []
-    for _, r in c.iloc[:limit].iterrows():
+    shown = with_baseline(summary.baseline, c.iloc[:limit])
+    for _, r in shown.iterrows():
         rank = int(r["rank"]) if r["rank"] > 0 else "\u2014"
+        rank = "baseline" if r["loss"] == STAGE1 else rank
         seeds = f"{int(r['n'])}" + (f" (+{int(r['n_failed'])} failed)" if r["n_failed"] else "")
         objs = [fmt_ci(r, o.metric) for o in summary.objectives]
-        rows.append([rank, str(r["config_hash"])[:8], r["label"], seeds, *objs])
+        rows.append([rank, short_id(r), r["label"], seeds, *objs])
     return md_table(header, rows)
 
 
@@ -239,14 +273,14 @@ def groups_md(configs: pd.DataFrame, kinds: Sequence[str]) -> str:
     """AP by frequency group (AP, APr, APc, APf per kind present) for ``configs``."""
     cols = [f"{k}/{m}" for k in kinds for m in GROUP_METRICS if f"{k}/{m}.mean" in configs]
     rows = [
-        [str(r["config_hash"])[:8], r["label"], *[fmt_ci(r, c) for c in cols]]
-        for _, r in configs.iterrows()
+        [short_id(r), r["label"], *[fmt_ci(r, c) for c in cols]] for _, r in configs.iterrows()
     ]
     return md_table(["config", "configuration", *cols], rows)
 
 
 __all__ = [
-    "DETAIL_LIMIT", "GROUP_METRICS", "PARAM_PREFIX", "Summary", "config_label", "config_params",
-    "fmt", "fmt_ci", "front_md", "groups_md", "md_table", "metric_columns", "param_columns",
-    "prepare_runs", "rank_configs", "signed", "summarize",
+    "DETAIL_LIMIT", "GROUP_METRICS", "PARAM_PREFIX", "Summary", "baseline_mask", "config_label",
+    "config_params", "fmt", "fmt_ci", "front_md", "groups_md", "md_table", "metric_columns",
+    "param_columns", "prepare_runs", "rank_configs", "short_id", "signed", "summarize",
+    "with_baseline",
 ]  # fmt: skip

@@ -52,6 +52,7 @@ import yaml
 from ltsearch.control import driver_lock
 from ltsearch.errors import SpecError
 from ltsearch.live.state import clear_phase_files
+from ltsearch.run.baseline import baseline_pending, evaluate_stage1
 from ltsearch.run.rebuild import reconcile_journal
 from ltsearch.run.search import (
     StudyPlan,
@@ -172,7 +173,7 @@ def run_study(
         if tracker is not None:
             tracker.start()
         where, stop = "nothing to run", None
-        if plan.to_run:
+        if plan.to_run or baseline_pending(spec, study_dir):  # training.stage1.evaluate
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
             where, stop = _fit(
                 spec, ctx, storage, plan, address=address, progress=progress, execute=execute,
@@ -256,7 +257,10 @@ def _fit(
             ),
         )
         with Interrupts(stopper), live_progress(study_dir, enabled=progress):
-            tuner.fit()  # (Interrupts after connect: ray.init sets its own SIGTERM)
+            # training.stage1.evaluate: the stage-1 row first (ltsearch.run.baseline says why)
+            evaluate_stage1(ctx, spec, execute, stopper, say=printer.say)
+            if plan.to_run and stopper.request_ is None:
+                tuner.fit()  # (Interrupts after connect: ray.init sets its own SIGTERM)
     finally:
         cluster.shutdown()
         signal.signal(signal.SIGTERM, sigterm)

@@ -56,6 +56,10 @@ class ProgressPrinter(Callback):
         if self.enabled:
             print(text, file=sys.stdout, flush=True)
 
+    def say(self, text: str) -> None:
+        """Print a line among the trial lines (not with ``--quiet``)."""
+        self._print(text)
+
     def header(self, where: str) -> None:
         objs = ", ".join(f"{o.metric} ({o.direction})" for o in self.objectives)
         self._print(

@@ -47,7 +47,10 @@ def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
     ``params`` are flat (``{"loss": "acsl", "acsl.xi": 0.7}``). The loss's fixed parameters
     from the spec and its defaults fill in what ``params`` omits, and values are coerced
     to their types, so ``xi: 1`` and ``xi: 1.0`` (and an omitted default) hash alike.
-    Seeds, search and resources are not part of it.
+    Seeds, search and resources are not part of it. Keys added to the spec after studies
+    recorded results are hashed only when set away from their default (loss parameters
+    with ``Param.hash_default`` false, ``training`` keys in
+    :data:`~ltsearch.spec.training.LATE_KEYS`), so those studies keep their hashes.
     """
     loss, given = split_params(params)
     domains = DOMAINS[loss]
@@ -58,6 +61,8 @@ def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
     merged = {**fixed, **given}
     full = {k: p.default for k, p in domains.items()}
     full.update({k: domains[k].check(loss, k, v) for k, v in merged.items()})
+    # parameters added later are hashed only away from their default (Param.hash_default)
+    full = {k: v for k, v in full.items() if domains[k].hash_default or v != domains[k].default}
     return _digest(
         {
             "loss": loss,
@@ -75,7 +80,7 @@ def stage1_hash(spec: StudySpec) -> str | None:
         return None
     return _digest(
         {
-            "stage1": spec.training.stage1.model_dump(mode="json"),
+            "stage1": spec.training.stage1.trained(mode="json"),
             "model": spec.model.overrides(),
             "dataset": spec.dataset.model_dump(mode="json"),
         }

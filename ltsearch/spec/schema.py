@@ -256,7 +256,6 @@ def _model(model: dict[str, Any]) -> None:
     weights = "backbone_weights"
     model["allOf"] = [
         _when("norm", "frozen_bn", {"required": [weights], "properties": {weights: _TEXT}}),
-        _when("backbone", "tiny", {"properties": {weights: _NULL}}),
     ]
 
 

@@ -139,10 +139,6 @@ class ModelSection(Strict):
                 "not normalise); use gn or bn, or give backbone_weights",
                 path=["norm"],
             )
-        if self.backbone_weights is not None and self.backbone == "tiny":
-            raise SpecError(
-                "applies to ResNet backbones only; remove it", path=["backbone_weights"]
-            )
         return self
 
     def overrides(self) -> dict[str, Any]:
@@ -243,7 +239,9 @@ class Resources(Strict):
 
 class Reference(Strict):
     """Published numbers to compare against: each row holds parameter values (plus
-    ``loss`` when the study searches several) and some of ``AP, AP50, ..., APf``."""
+    ``loss`` when the study searches several) and some of ``AP, AP50, ..., APf`` (of
+    ``metric_kind``) and/or of their full names ``bbox/AP, ..., segm/APf`` (a table that
+    prints box and mask AP side by side)."""
 
     source: Annotated[str, Field(min_length=1)]
     metric_kind: Literal["bbox", "segm"] = "bbox"

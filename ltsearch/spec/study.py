@@ -118,7 +118,10 @@ class StudySpec(Strict):
             check_point(point, self.loss, ["search", "initial_points", i])
         if self.reference is not None:
             for i, row in enumerate(self.reference.rows):
-                check_reference_row(row, self.loss, ["reference", "rows", i])
+                check_reference_row(
+                    row, self.loss, ["reference", "rows", i], self.reference.metric_kind,
+                    stage1_row=self.training.stage1_row,
+                )  # fmt: skip
         if self.smoke is not None:
             try:
                 StudySpec.model_validate(self._smoked_raw())
@@ -222,9 +225,10 @@ class StudySpec(Strict):
         Policy: name ``<name>-smoke`` (its own results directory), the tiny synthetic
         dataset (:data:`SMOKE_DATASET`), backbone ``tiny`` (size, proposal and weight
         overrides dropped), one CPU worker per trial and one trial at a time
-        (:data:`SMOKE_RESOURCES`), 1 epoch per stage, batch size <= 4, warm-up <= 10 iterations,
-        at most 2 trials and the first seed only. The ``smoke`` block is then merged key by
-        key (a ``dataset`` in it replaces the dataset section whole).
+        (:data:`SMOKE_RESOURCES`), 1 epoch per stage (``lr_milestones`` scaled to it),
+        batch size <= 4, warm-up <= 10 iterations, at most 2 trials and the first seed only.
+        The ``smoke`` block is then merged key by key (a ``dataset`` in it replaces the
+        dataset section whole).
         """
         return spec_from_dict(self._smoked_raw())
 
@@ -249,6 +253,8 @@ class StudySpec(Strict):
             pairs = [(training[key], getattr(t, key)) for key in ("stage1", "stage2")]
         for raw_stage, stage in pairs:
             raw_stage["epochs"] = 1
+            if stage.lr_milestones:  # the same decay points, as fractions of the one epoch
+                raw_stage["lr_milestones"] = [m / stage.epochs for m in stage.lr_milestones]
             raw_stage["batch_size"] = min(stage.batch_size, SMOKE_MAX_BATCH)
             raw_stage["warmup_iters"] = min(stage.warmup_iters, SMOKE_MAX_WARMUP)
         raw["resources"] = dict(SMOKE_RESOURCES)

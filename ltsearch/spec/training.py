@@ -4,6 +4,16 @@
 at the top of the section. ``decoupled`` trains ``stage1`` once per study (a baseline with
 its own loss) and fine-tunes the parts ``stage2.finetune`` names with the trial's loss;
 its optimisation keys live in the two stages only.
+
+``lr_milestones`` lists the epochs of a stage at whose end the learning rate is divided by
+10 (MMDetection's ``step``: ``[8, 11]`` for a 12-epoch 1x schedule); without it the engine
+decays at 2/3 and 8/9 of the stage's iterations. Keys added after studies recorded results
+(:data:`LATE_KEYS`) are left out of the configuration and stage-1 hashes while unset, so
+those studies keep their hashes (resume, shared stage-1 caches).
+
+``stage1.evaluate`` asks for one more row: the stage-1 model evaluated as is, the papers'
+"before re-balancing" line (:mod:`ltsearch.run.baseline`). It says what the study reports,
+not what any run trains, so no hash covers it (:meth:`Stage1.trained`).
 """
 
 from __future__ import annotations
@@ -23,8 +33,15 @@ FINETUNE_PARTS: tuple[str, ...] = get_args(FinetunePart)
 
 OPTIM_KEYS = (
     "epochs", "lr", "batch_size", "sampler", "rfs_threshold", "warmup_iters", "momentum",
-    "weight_decay", "max_norm",
+    "weight_decay", "max_norm", "lr_milestones",
 )  # fmt: skip
+LATE_KEYS = ("lr_milestones",)
+"""Optimisation keys that are not hashed while unset (see the module docstring)."""
+
+
+def hashed(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without the :data:`LATE_KEYS` that are unset (``None``)."""
+    return {k: v for k, v in settings.items() if not (k in LATE_KEYS and v is None)}
 
 
 class Optim(Strict):
@@ -39,6 +56,8 @@ class Optim(Strict):
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
     max_norm: PosFloat | None = None
+    # epochs at whose end lr /= 10; [] = no decay; None = at 2/3 and 8/9 of the stage
+    lr_milestones: list[PosFloat] | None = None
 
     @model_validator(mode="after")
     def _rfs(self) -> Optim:
@@ -49,16 +68,44 @@ class Optim(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _milestones(self) -> Optim:
+        steps = self.lr_milestones
+        if steps is None:
+            return self
+        increasing = all(a < b for a, b in zip(steps, steps[1:], strict=False))
+        if not increasing or any(m >= self.epochs for m in steps):
+            shown = ", ".join(f"{m:g}" for m in steps)
+            n = self.epochs
+            raise SpecError(
+                f"[{shown}] are not increasing epochs below epochs ({n}); list them in order, "
+                f"each below {n} (e.g. [{n * 2 / 3:.3g}, {n * 11 / 12:.3g}]), or remove the key "
+                "for decay at 2/3 and 8/9 of the epochs",
+                path=["lr_milestones"],
+            )
+        return self
+
     def optim(self) -> dict[str, Any]:
         """These settings as ``ltmodels.trial.config.StageConfig`` keyword arguments."""
-        return {k: getattr(self, k) for k in OPTIM_KEYS}
+        out = {k: getattr(self, k) for k in OPTIM_KEYS}
+        if out["lr_milestones"] is not None:
+            out["lr_milestones"] = tuple(out["lr_milestones"])
+        return out
 
 
 class Stage1(Optim):
-    """Stage 1 of a decoupled schedule: the baseline every trial fine-tunes from."""
+    """Stage 1 of a decoupled schedule: the baseline every trial fine-tunes from.
+    ``evaluate``: also evaluate it as is, once per study: a ``stage1`` row in the results,
+    the papers' "before re-balancing" line."""
 
     loss: str = "ce"
     loss_params: dict[str, Any] = Field(default_factory=dict)
+    evaluate: StrictBool = False
+
+    def trained(self, mode: Literal["python", "json"] = "python") -> dict[str, Any]:
+        """What stage 1 trains (what the configuration and stage-1 hashes cover): every
+        field but ``evaluate``, :data:`LATE_KEYS` left out while unset."""
+        return hashed(self.model_dump(mode=mode, exclude={"evaluate"}))
 
     @model_validator(mode="after")
     def _loss(self) -> Stage1:
@@ -155,18 +202,25 @@ class TrainingSpec(Optim):
                 )
         return self
 
+    @property
+    def stage1_row(self) -> bool:
+        """Whether the study stores a stage-1 row (``stage1.evaluate``)."""
+        return self.stage1 is not None and self.stage1.evaluate
+
     def effective(self) -> dict[str, Any]:
         """The settings that define training (what a configuration hash covers)."""
         if self.schedule == "end_to_end":
-            return {"schedule": self.schedule, **self.optim()}
+            return {"schedule": self.schedule, **hashed(self.optim())}
         assert self.stage1 is not None and self.stage2 is not None
+        stage2 = {**self.stage2.model_dump(), "use_feature_cache": self.stage2.feature_cache}
         return {
             "schedule": self.schedule,
-            "stage1": self.stage1.model_dump(),
-            "stage2": {**self.stage2.model_dump(), "use_feature_cache": self.stage2.feature_cache},
+            "stage1": self.stage1.trained(),
+            "stage2": hashed(stage2),
         }
 
 
 __all__ = [
-    "FINETUNE_PARTS", "OPTIM_KEYS", "Optim", "Stage1", "Stage2", "TrainingSpec",
+    "FINETUNE_PARTS", "LATE_KEYS", "OPTIM_KEYS", "Optim", "Stage1", "Stage2", "TrainingSpec",
+    "hashed",
 ]  # fmt: skip

@@ -46,6 +46,12 @@ def journal_trials(study_dir: Path, name: str) -> list[Any]:
     return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
+def search_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the search's configurations: a study's stage-1 row
+    (``training.stage1.evaluate``, column ``baseline``) left out."""
+    return df[df["baseline"].isna()] if "baseline" in df.columns else df
+
+
 def check_results(study_dir: Path, *, name: str, trials: int, seeds: list[int]) -> list[str]:
     """Journal: ``trials`` finished trials, all complete, none left running. Parquet:
     every distinct configuration of those trials once per seed, status ok, nothing else."""
@@ -65,7 +71,7 @@ def check_results(study_dir: Path, *, name: str, trials: int, seeds: list[int]) 
         states = ", ".join(f"#{t.number} {t.state.name}" for t in bad)
         problems.append(f"journal: trial(s) neither COMPLETE nor WAITING: {states}")
     configs = {tuple(sorted(t.params.items())) for t in finished}
-    df = ResultStore(study_dir).load_trials()
+    df = search_runs(ResultStore(study_dir).load_trials())
     if df.empty:
         return [*problems, f"{study_dir}/trials: no parquet row"]
     failed = df[df["status"] != "ok"]
@@ -124,6 +130,8 @@ def report_front_table(markdown: str) -> tuple[list[str], list[dict[str, Any]]]:
         if not line.startswith("|"):
             break
         cells = dict(zip(header, _cells(line), strict=True))
+        if cells["rank"] == "baseline":  # the stage-1 row, shown first and never ranked
+            continue
         rank = None if cells["rank"] == DASH else int(cells["rank"])
         rows.append(
             {"config": cells["config"], "rank": rank} | {m: _number(cells[m]) for m in objectives}
@@ -172,7 +180,7 @@ def check_report(
         return [f"{md}: missing"]
     problems = []
     dirs = dict(o.rsplit(":", 1) for o in objectives)
-    means = parquet_means(ResultStore(study_dir).load_trials(), list(dirs))
+    means = parquet_means(search_runs(ResultStore(study_dir).load_trials()), list(dirs))
     if require_plot is None:
         axes = list(dirs)[:2]
         require_plot = (
@@ -229,6 +237,6 @@ def snapshot(study_dir: Path) -> dict[str, tuple[str, int]]:
 
 
 __all__ = [
-    "check_report", "check_results", "front", "journal_trials", "parquet_means",
+    "check_report", "check_results", "front", "journal_trials", "parquet_means", "search_runs",
     "report_front_table", "snapshot",
 ]  # fmt: skip

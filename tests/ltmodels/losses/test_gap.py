@@ -72,10 +72,18 @@ def test_paper_variant_ranks_scores_and_chains_to_logits() -> None:
 
 
 def reference_gap(
-    s: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor, *, gamma: float, delta: float
+    s: torch.Tensor,
+    labels: torch.Tensor,
+    counts: torch.Tensor,
+    *,
+    gamma: float,
+    delta: float,
+    exclude_fg: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A transcription of the released code's loop (one positive at a time, own term 1/2),
-    in our layout (label j in column j - 1); returns (logged value, gradient)."""
+    in our layout (label j in column j - 1); returns (logged value, gradient).
+    ``exclude_fg=False``: its negatives of m are every entry but the positives of m (the
+    code's ``targets == 0`` becomes ``cls_targets == 0``, ROG Table 4 "Excl. FG" x)."""
     n, c = s.shape
     flat = s.reshape(-1)
     targets = torch.zeros(n, c)
@@ -92,7 +100,8 @@ def reference_gap(
         cls_t[labels == m, m - 1] = 1
         pos = cls_t.reshape(-1) > 0
         pos_s = flat[pos]
-        rel = (targets == 0) & (flat >= pos_s.min() - delta)
+        outside = (targets == 0) if exclude_fg else ~pos
+        rel = outside & (flat >= pos_s.min() - delta)
         neg_s = flat[rel]
         neg_grad = torch.zeros(len(neg_s))
         err = torch.zeros(len(pos_s))
@@ -111,10 +120,12 @@ def reference_gap(
     return total, grads.reshape(n, c)
 
 
+@pytest.mark.parametrize("exclude_fg", [True, False], ids=["excl_fg", "other_fg_negative"])
 @pytest.mark.parametrize("ties", [False, True], ids=["continuous", "ties_on_ramp_ends"])
-def test_matches_the_released_code(ties: bool) -> None:
+def test_matches_the_released_code(ties: bool, exclude_fg: bool) -> None:
     """The sorted prefix-sum sums equal the released code's pairwise loop, also when many
-    scores sit exactly on the ends of the ramp (scores on a 0.25 grid, delta 0.5)."""
+    scores sit exactly on the ends of the ramp (scores on a 0.25 grid, delta 0.5); without
+    Excl. FG, the loop with the positives of other classes among the negatives."""
     g = torch.Generator().manual_seed(0)
     n, c = 40, 5
     s = torch.randn(n, c, generator=g)
@@ -124,9 +135,9 @@ def test_matches_the_released_code(ties: bool) -> None:
     labels[:5] = torch.tensor([0, 1, 1, 3, 3])
     counts = torch.randint(0, 50, (c,), generator=g)
     counts[1] = 0
-    value, grad = reference_gap(s, labels, counts, gamma=1.5, delta=0.5)
+    value, grad = reference_gap(s, labels, counts, gamma=1.5, delta=0.5, exclude_fg=exclude_fg)
     w = gap_class_weight(counts, 1.5).float()
-    ours, error, norm = gap_gradient(s, labels, w, delta=0.5, own_rank=0.5)
+    ours, error, norm = gap_gradient(s, labels, w, delta=0.5, own_rank=0.5, exclude_fg=exclude_fg)
     torch.testing.assert_close(ours, grad, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close((error * norm).sum(), value)
 
@@ -185,6 +196,8 @@ def test_class_level_width_is_the_default_base() -> None:
         {"lambda_gap": -0.5},
         {"base": "acsl"},
         {"variant": "both"},
+        {"online": 1},
+        {"exclude_fg": "no"},
     ],
 )
 def test_bad_parameters_raise_config_error(params: dict[str, Any]) -> None:
