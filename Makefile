@@ -27,8 +27,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy ltsearch
 
+# 2 workers: the suite waits on Ray and CLI start-ups more than it computes; a unit of work
+# is a test file, or the files sharing a session fixture (tests/conftest.py)
 test: $(STAMP) lint typecheck
-	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q
+	RAY_USAGE_STATS_ENABLED=0 $(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
