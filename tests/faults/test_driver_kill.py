@@ -171,7 +171,8 @@ def test_kill_while_a_part_is_written_leaves_no_half_part(
 ) -> None:
     project = _project(fault_data, tmp_path, reference["project"])  # stage 1 done
     study = project / "results" / "decoupled"
-    slow = {"slow_write": {"match": f"{os.sep}trials{os.sep}part-", "seconds": 3}}
+    # the write stalls long enough for the kill to land in it on a loaded machine (xdist)
+    slow = {"slow_write": {"match": f"{os.sep}trials{os.sep}part-", "seconds": 15}}
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project, inject=slow)
     faultkit.wait_for(lambda: faultkit.hidden_temporaries(study), proc, timeout=300)
     _kill(proc, tree=True)
