@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test lint typecheck venv clean
+.PHONY: quickstart test lint typecheck venv clean reproduction
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 quickstart: $(STAMP)
 	RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/ltsearch run studies/quickstart.yaml
+
+# Every paper ablation on the embedded data (--embedded), then REPRODUCTION.md; resumable
+reproduction: $(STAMP)
+	PYTHON=$(PY) bench/reproduce.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ltmodels ltsearch tests bench

@@ -1,12 +1,14 @@
 """``ltsearch`` command line.
 
 Commands: ``validate``, ``run``, ``resume``, ``stop``, ``status`` (``--watch``: the live
-view of a running study), ``report``, ``data synth``, and for writing studies ``new`` (a
+view of a running study), ``report``, ``reproduction`` (REPRODUCTION.md: the papers' claims
+judged on study directories), ``data synth``, and for writing studies ``new`` (a
 commented study file for one loss) and ``schema`` (the study file's JSON Schema, for
 editors; :mod:`ltsearch.authoring`).
 ``validate`` and ``run`` take ``--set KEY=VALUE`` (a dotted YAML path; the value is YAML),
 applied to the file before it is validated (:mod:`ltsearch.spec.overrides`). ``validate``,
-``stop``, ``status``, ``report``, ``new`` and ``schema`` start no Ray and no training.
+``stop``, ``status``, ``report``, ``reproduction``, ``new`` and ``schema`` start no Ray and
+no training.
 
 Exit codes (:data:`EXIT_CODES`, also in ``ltsearch --help`` and the README): 0 every
 (configuration, seed) ok; 1 the study ran but a run failed or it was stopped on a
@@ -44,9 +46,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from ltsearch.spec.overrides import describe, parse_overrides
     from ltsearch.spec.study import load_spec
 
-    spec = load_spec(args.study, args.set)
-    if args.smoke:
-        spec = spec.smoked()
+    spec = _variant(load_spec(args.study, args.set), args)
     if args.check_data:
         with _in_file(args.study):
             spec.check_data()
@@ -65,9 +65,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from ltsearch.run.driver import run_study
     from ltsearch.spec.study import load_spec
 
-    spec = load_spec(args.study, args.set)
-    if args.smoke:
-        spec = spec.smoked()
+    spec = _variant(load_spec(args.study, args.set), args)
     if args.storage:
         spec = spec.with_overrides(storage=args.storage)
     if args.mlflow:
@@ -80,6 +78,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
             spec.check_data()
         outcome = run_study(spec, address=args.address, progress=not args.quiet)
     return _finish(outcome, report=not args.no_report)
+
+
+def _variant(spec: Any, args: argparse.Namespace) -> Any:
+    """The ``--smoke`` or ``--embedded`` variant of a loaded study, or the study itself."""
+    if args.smoke:
+        return spec.smoked()
+    if args.embedded:
+        return spec.embedded_variant()
+    return spec
 
 
 @contextlib.contextmanager
@@ -186,6 +193,13 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reproduction(args: argparse.Namespace) -> int:
+    from ltsearch.report.reproduction import write_reproduction
+
+    print(write_reproduction([Path(p) for p in args.study_dirs], Path(args.out)))
+    return 0
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from ltmodels.data.synthetic import SynthConfig, write_synthetic
 
@@ -215,17 +229,30 @@ CHECK_DATA_HELP = (
 )
 
 
+EMBEDDED_HELP = (
+    "the study's whole design (every configuration, 3 seeds) on the embedded long-tail data "
+    "with budgets scaled to it (rules: ltsearch.spec.profiles; printed in the report); "
+    "results in runs/<name>-embedded"
+)
+
+
+def _add_variant_flags(p: argparse.ArgumentParser, smoke: str, embedded: str) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--smoke", action="store_true", help=smoke)
+    group.add_argument("--embedded", action="store_true", help=embedded)
+
+
 def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="check a study file (starts nothing)")
     p.add_argument("study", help="study YAML")
-    p.add_argument("--smoke", action="store_true", help="validate the --smoke variant")
+    _add_variant_flags(p, "validate the --smoke variant", "validate the --embedded variant")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--check-data", action="store_true", help=CHECK_DATA_HELP)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("run", help="run a study on a Ray cluster (or a local Ray)")
     p.add_argument("study", help="study YAML")
-    p.add_argument("--smoke", action="store_true", help="few trials, tiny data, 1 epoch")
+    _add_variant_flags(p, "few trials, tiny data, 1 epoch", EMBEDDED_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     p.add_argument("--storage", help="results root (default: the study's storage)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
@@ -271,6 +298,15 @@ def _add_study_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--y", help="y-axis metric (default: second objective)")
     p.add_argument("--compare", nargs="*", default=[], help="other study directories")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "reproduction", help="write REPRODUCTION.md: the papers' claims judged on study results"
+    )
+    p.add_argument("study_dirs", nargs="+", metavar="STUDY_DIR")
+    p.add_argument(
+        "--out", default="REPRODUCTION.md", help="output file (default: REPRODUCTION.md here)"
+    )
+    p.set_defaults(func=_cmd_reproduction)
 
 
 def build_parser() -> argparse.ArgumentParser:

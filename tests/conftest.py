@@ -64,6 +64,7 @@ LONG = {
     "tests/ltmodels/test_trial.py": 120,
     "tests/acceptance/test_stop_and_resume.py": 105,
     "tests/acceptance/test_stage1_row.py": 85,
+    "tests/acceptance/test_reproduction_claim.py": 35,
     "tests/faults/test_corruption.py": 95,
     "tests/ltsearch/test_runner.py": 85,
     "tests/ltsearch/test_tracking.py": 80,

@@ -46,6 +46,7 @@ from ltsearch.report.tables import (
     summarize,
     with_baseline,
 )
+from ltsearch.spec.profiles import embedded_rules
 from ltsearch.spec.sections import METRICS, Objective
 from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
@@ -115,6 +116,21 @@ def _compared(
 def _sweep_kind(spec: StudySpec, x: str) -> str:
     """The kind (bbox/segm) of the sweeps and group plots: the reference's, else x's."""
     return spec.reference.metric_kind if spec.reference is not None else x.split("/")[0]
+
+
+def profile_md(spec: StudySpec) -> str:
+    """The scaling rules of an ``--embedded`` study, as :mod:`ltsearch.spec.profiles`
+    applied them to the source study."""
+    rules = embedded_rules(spec)
+    if not rules:
+        return ""
+    assert spec.profile is not None
+    lines = "\n".join(f"- {rule}" for rule in rules)
+    return (
+        f"## Embedded profile\n\n`{spec.profile.source}` run with `--embedded`: its whole "
+        "design on the embedded data, budgets scaled by these rules "
+        f"(`ltsearch.spec.profiles`):\n\n{lines}"
+    )
 
 
 def _image(title: str, path: Path | None) -> str:
@@ -187,6 +203,7 @@ def write_report(
     runs, scale, summary = _load(study_dir, objectives, _metrics(spec, x, y))
     searched = runs[~baseline_mask(runs)] if not runs.empty else runs  # the search's runs
     parts = [f"# Study report: {spec.name}", summary_md(spec, study_dir, searched, scale)]
+    parts.append(profile_md(spec))  # "" unless the study was run with --embedded
     dirs = _directions(objectives, (x, y))
     studies: list[tuple[str, pd.DataFrame]] = []  # this study first, then the compared ones
     if compare and not summary.configs.empty:

@@ -125,7 +125,7 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s"
 
 
-def _wall(runs: pd.DataFrame) -> str:
+def wall_time(runs: pd.DataFrame) -> str:
     """``first start -> last finish (span); run time summed (train, eval)``."""
     parts = []
     if {"started_at", "finished_at"} <= set(runs.columns):
@@ -170,7 +170,7 @@ def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: floa
         f"- runs (configuration \u00d7 seed): {len(ok)} ok, {_count(runs, 'failed')} failed, "
         + (f"{n} stopped early, " if (n := _count(runs, "stopped")) else "")
         + f"{spec.n_trials * len(seeds)} planned; seeds {seeds}",
-        f"- wall time: {_wall(runs) if not runs.empty else 'nothing run yet'}",
+        f"- wall time: {wall_time(runs) if not runs.empty else 'nothing run yet'}",
         f"- AP values in % ({units}); an undefined metric (lvis-api's -1) shows as \u2014",
     ]
     return "## Summary\n\n" + "\n".join(lines)
@@ -219,5 +219,5 @@ duckdb.sql(f\"\"\"SELECT loss, avg("bbox/APr") AS apr
 
 __all__ = [
     "REPORT_DIR", "compare_md", "compare_note", "compare_rows", "domination_md", "failures_md",
-    "front_section", "hv_reference", "reading_md", "summary_md",
+    "front_section", "hv_reference", "reading_md", "summary_md", "wall_time",
 ]  # fmt: skip

@@ -12,10 +12,10 @@ Rules (README "Writing a study"):
   (:func:`tracking_uri`; ``--mlflow`` is relative to the working directory);
 - ``~`` is expanded in all of them.
 
-The same rules apply inside the study's ``smoke:`` block. Below the loader nothing sees a
-relative path: :func:`require_absolute` is asserted by the runner and the trainable, since
-Ray Tune runs each trial in a working directory of its own, where a relative path points
-nowhere.
+The same rules apply inside the study's ``smoke:`` and ``embedded:`` blocks. Below the
+loader nothing sees a relative path: :func:`require_absolute` is asserted by the runner and
+the trainable, since Ray Tune runs each trial in a working directory of its own, where a
+relative path points nowhere.
 """
 
 from __future__ import annotations
@@ -45,9 +45,10 @@ def resolve_raw(raw: Any, *, spec_dir: str | Path, cwd: str | Path | None = None
         return raw
     run_dir = Path.cwd() if cwd is None else Path(cwd)
     out = _resolve_section(dict(raw), spec_dir, run_dir)
-    smoke = out.get("smoke")
-    if isinstance(smoke, Mapping):
-        out["smoke"] = _resolve_section(dict(smoke), spec_dir, run_dir, default_storage=False)
+    for key in ("smoke", "embedded"):
+        block = out.get(key)
+        if isinstance(block, Mapping):
+            out[key] = _resolve_section(dict(block), spec_dir, run_dir, default_storage=False)
     return out
 
 

@@ -43,6 +43,8 @@ SECTIONS = {
     "storage": "Results root, relative to where you run ltsearch; results go to <storage>/<name>.",
     "reference": "Published numbers to compare against in the report.",
     "smoke": "Extra overrides for --smoke (merged key by key after the built-in policy).",
+    "embedded": "Extra overrides for --embedded (merged key by key after its scaling rules).",
+    "profile": "Written by --embedded, not by hand: the source study and the scaling rules.",
 }
 
 

@@ -248,6 +248,15 @@ class Reference(Strict):
     rows: list[dict[str, Any]] = Field(min_length=1)
 
 
+class Profile(Strict):
+    """Written by ``--embedded`` (:mod:`ltsearch.spec.profiles`), not by hand: the study
+    this one was derived from and the scaling rules applied, which the report prints."""
+
+    name: Literal["embedded"]
+    source: Annotated[str, Field(min_length=1)]
+    rules: list[str] = Field(default_factory=list)
+
+
 TRACKING_SCHEMES = (
     "file",
     "sqlite",
@@ -305,6 +314,6 @@ def check_tracking_uri(uri: str) -> None:
 
 __all__ = [
     "METRICS", "METRIC_NAMES", "DatasetSpec", "LvisData", "ModelSection", "Objective",
-    "PosFloat", "PosInt", "Reference", "Resources", "SearchSpec", "Seed", "SyntheticData",
-    "TRACKING_SCHEMES", "Tracking", "check_tracking_uri",
+    "PosFloat", "PosInt", "Profile", "Reference", "Resources", "SearchSpec", "Seed",
+    "SyntheticData", "TRACKING_SCHEMES", "Tracking", "check_tracking_uri",
 ]  # fmt: skip

@@ -22,7 +22,6 @@ file's syntax and values only; dataset paths are checked by :meth:`StudySpec.che
 
 from __future__ import annotations
 
-import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -38,9 +37,11 @@ from ltsearch.spec.loss import LossSpec, Strict
 from ltsearch.spec.overrides import apply_overrides, blame, parse_overrides
 from ltsearch.spec.paths import absolute, inside, resolve_raw, tracking_uri
 from ltsearch.spec.points import check_point, check_reference_row, param_key
+from ltsearch.spec.profiles import SMOKE_DATASET, embedded_raw, smoked_raw
 from ltsearch.spec.sections import (
     DatasetSpec,
     ModelSection,
+    Profile,
     Reference,
     Resources,
     SearchSpec,
@@ -52,18 +53,6 @@ SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,79}")  # fullmatch: "$" would let a ne
 MAX_GRID_POINTS = 100_000
 """Most points a grid study may have: the grid sampler lists them all before it starts, and
 each is a trained detector per seed."""
-
-# The built-in --smoke policy (StudySpec.smoked): tiny data, tiny model, few short trials.
-SMOKE_DATASET: dict[str, Any] = {
-    "kind": "synthetic", "classes": 8, "train_images": 16, "val_images": 8, "image_size": 128,
-}  # fmt: skip
-SMOKE_RESOURCES: dict[str, Any] = {
-    "workers": 1, "cpus_per_worker": 1, "gpus_per_worker": 0, "max_concurrent_trials": 1,
-}  # fmt: skip
-SMOKE_MODEL_KEEP = ("masks", "cls_head", "cosine_scale", "box_loss")
-SMOKE_TRIALS = 2
-SMOKE_MAX_BATCH = 4
-SMOKE_MAX_WARMUP = 10
 
 
 class StudySpec(Strict):
@@ -81,6 +70,8 @@ class StudySpec(Strict):
     storage: str = Field("runs", min_length=1)
     reference: Reference | None = None
     smoke: dict[str, Any] | None = None
+    embedded: dict[str, Any] | None = None
+    profile: Profile | None = None
     tracking: Tracking | None = None
 
     @field_validator("name")
@@ -122,11 +113,12 @@ class StudySpec(Strict):
                     row, self.loss, ["reference", "rows", i], self.reference.metric_kind,
                     stage1_row=self.training.stage1_row,
                 )  # fmt: skip
-        if self.smoke is not None:
-            try:
-                StudySpec.model_validate(self._smoked_raw())
-            except ValidationError as exc:
-                raise from_validation_error(exc).located(prefix=["smoke"]) from None
+        for key, variant in (("smoke", smoked_raw), ("embedded", embedded_raw)):
+            if getattr(self, key) is not None:
+                try:
+                    StudySpec.model_validate(variant(self))
+                except ValidationError as exc:
+                    raise from_validation_error(exc).located(prefix=[key]) from None
         return self
 
     def _check_trials(self) -> None:
@@ -222,59 +214,28 @@ class StudySpec(Strict):
     def smoked(self) -> StudySpec:
         """The ``--smoke`` variant: the built-in policy, then the study's ``smoke`` block.
 
-        Policy: name ``<name>-smoke`` (its own results directory), the tiny synthetic
-        dataset (:data:`SMOKE_DATASET`), backbone ``tiny`` (size, proposal and weight
-        overrides dropped), one CPU worker per trial and one trial at a time
-        (:data:`SMOKE_RESOURCES`), 1 epoch per stage (``lr_milestones`` scaled to it),
-        batch size <= 4, warm-up <= 10 iterations, at most 2 trials and the first seed only.
-        The ``smoke`` block is then merged key by key (a ``dataset`` in it replaces the
-        dataset section whole).
+        Policy (:func:`ltsearch.spec.profiles.smoked_raw`): name ``<name>-smoke`` (its own
+        results directory), the tiny synthetic dataset (:data:`SMOKE_DATASET`), backbone
+        ``tiny`` (size, proposal and weight overrides dropped), one CPU worker per trial and
+        one trial at a time, 1 epoch per stage (``lr_milestones`` scaled to it), batch size
+        <= 4, warm-up <= 10 iterations, at most 2 trials and the first seed only. The
+        ``smoke`` block is then merged key by key (a ``dataset`` in it replaces the dataset
+        section whole).
         """
-        return spec_from_dict(self._smoked_raw())
+        return spec_from_dict(smoked_raw(self))
+
+    def embedded_variant(self, cwd: str | Path | None = None) -> StudySpec:
+        """The ``--embedded`` profile: the study's whole design on the embedded data with
+        budgets scaled to it (:mod:`ltsearch.spec.profiles`), named ``<name>-embedded``,
+        stored under ``runs`` in ``cwd`` (default: the working directory), then the
+        study's ``embedded`` block; ``profile.rules`` says what was scaled."""
+        return spec_from_dict(embedded_raw(self, cwd))
 
     def resolved(self, spec_dir: str | Path, cwd: str | Path | None = None) -> StudySpec:
         """A copy with every path absolute (:mod:`ltsearch.spec.paths`): storage relative to
         ``cwd`` (default: the working directory), dataset and weight paths relative to
         ``spec_dir``. :func:`load_spec` does this for a study file."""
         return spec_from_dict(resolve_raw(self.to_dict(), spec_dir=spec_dir, cwd=cwd))
-
-    def _smoked_raw(self) -> dict[str, Any]:
-        raw = self.to_dict()
-        raw.pop("smoke", None)
-        raw["name"] = f"{self.name}-smoke"
-        raw["dataset"] = dict(SMOKE_DATASET)
-        model = {k: v for k, v in raw.get("model", {}).items() if k in SMOKE_MODEL_KEEP}
-        raw["model"] = {**model, "backbone": "tiny"}
-        t = self.training
-        training = raw.setdefault("training", {})
-        if t.schedule == "end_to_end":
-            pairs = [(training, t)]
-        else:
-            pairs = [(training[key], getattr(t, key)) for key in ("stage1", "stage2")]
-        for raw_stage, stage in pairs:
-            raw_stage["epochs"] = 1
-            if stage.lr_milestones:  # the same decay points, as fractions of the one epoch
-                raw_stage["lr_milestones"] = [m / stage.epochs for m in stage.lr_milestones]
-            raw_stage["batch_size"] = min(stage.batch_size, SMOKE_MAX_BATCH)
-            raw_stage["warmup_iters"] = min(stage.warmup_iters, SMOKE_MAX_WARMUP)
-        raw["resources"] = dict(SMOKE_RESOURCES)
-        search = raw.setdefault("search", {})
-        trials = min(self.n_trials, SMOKE_TRIALS)
-        search["trials"] = trials
-        search["seeds"] = self.search.seeds[:1]
-        search["initial_points"] = search.get("initial_points", [])[:trials]
-        search.pop("early_stopping", None)  # 1 epoch: no rung to stop at
-        return _deep_merge(raw, self.smoke or {})
-
-
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in extra.items():
-        if key != "dataset" and isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def spec_from_dict(data: Any, *, file: str | None = None) -> StudySpec:

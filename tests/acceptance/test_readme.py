@@ -19,7 +19,7 @@ from workspace import SmokeRun
 
 pytestmark = pytest.mark.acceptance
 
-EXPECTED_SKIPS = 5  # make commands, synopsis, duckdb/dashboard, Ray cluster, loss sketch
+EXPECTED_SKIPS = 6  # make commands, synopsis, duckdb/dashboard, reproduction, Ray cluster, loss
 EXPECTED_AFTER_QUICKSTART = 1  # ResultStore("runs/quickstart")
 
 

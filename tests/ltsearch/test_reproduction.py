@@ -1,0 +1,360 @@
+"""``ltsearch reproduction``: the verdict rule, t intervals, the claims registry against the
+study files, and REPRODUCTION.md written from study directories fabricated by hand.
+
+The fabricated ``c2am-table4-embedded`` stores segm/APr (lvis-api fractions) per alpha, seeds
+0-2 at base - 0.005, base, base + 0.005: in % each mean is the base, the standard deviation
+0.5 and the 95% t half-width t(0.975, 2) * 0.5 / sqrt(3) = 4.3027 * 0.2887 = 1.24.
+
+    alpha   paper APr   ours    vs the paper's best (alpha 0.5, 13.0), by the rule
+    0.0       9.6       5.0     Dp +3.4; [8.76, 11.24] vs [3.76, 6.24]: reproduced
+    0.1      11.6      13.0     Dp +1.4; ours 10 < 13, disjoint: not reproduced
+    0.3      12.8       8.0     Dp +0.2 < TAU: not judged
+    0.5      13.0      10.0
+    0.7      13.0       9.0     Dp 0: not judged
+
+so ``c2am-table4-alpha`` is not reproduced (1 of 2) and ``c2am-table4-margin`` (alpha 0.5
+vs 0) reproduced (1 of 1). ``acsl-table2-smoke`` has the stage-1 row (APr 2.0) and xi 0.7
+(APr 12.0), three seeds each, and one failed and one stopped run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ltsearch.report.claim_figures import plot_claim
+from ltsearch.report.claims import (
+    CLAIMS,
+    all_claims,
+    base_name,
+    comparisons,
+    paper_rows,
+    paper_value,
+    sweep_rows,
+)
+from ltsearch.report.reproduction import write_reproduction
+from ltsearch.report.reproduction_md import scaling_rules
+from ltsearch.report.verdict import (
+    INCONCLUSIVE,
+    NOT_JUDGED,
+    NOT_REPRODUCED,
+    REPRODUCED,
+    TAU,
+    VERDICT_RULE,
+    Stat,
+    claim_verdict,
+    judge,
+    seed_stat,
+    t_quantile,
+)
+from ltsearch.spec.hashing import config_hash
+from ltsearch.spec.study import StudySpec, load_spec, spec_from_dict
+from ltsearch.store import ResultStore
+
+REPO = Path(__file__).resolve().parents[2]
+STUDIES = {load_spec(p).name: p for p in sorted((REPO / "studies").glob("*.yaml"))}
+OFFSETS = (-0.005, 0.0, 0.005)
+C2AM_APR = {0.0: 0.05, 0.1: 0.13, 0.3: 0.08, 0.5: 0.10, 0.7: 0.09}
+
+
+# -- the verdict rule ----------------------------------------------------------------------
+
+
+def stat(mean: float, n: int = 3, half: float = 1.0) -> Stat:
+    return Stat(n, mean, math.nan if n < 2 else 1.0, math.nan if n < 2 else half)
+
+
+def test_rule_text_is_pinned() -> None:
+    assert TAU == 1.0
+    assert VERDICT_RULE == (
+        "For a comparison of configurations A and B on a metric, the paper's difference is "
+        "Dp = paper(A) - paper(B). If |Dp| < 1.0 AP point, the paper shows no clear "
+        "difference: the comparison is listed, not judged. Otherwise the paper's direction "
+        "is sign(Dp), and ours is read from the 95% confidence intervals of our means of A "
+        "and B over seeds (Student's t, n - 1 degrees of freedom): disjoint intervals with "
+        "our difference in the paper's direction: reproduced; disjoint intervals with our "
+        "difference in the opposite direction: not reproduced; overlapping intervals, fewer "
+        "than 2 seeds on either side, or a side missing: inconclusive. A claim is not "
+        "reproduced if any judged comparison is not reproduced; reproduced if it has judged "
+        "comparisons and every one is reproduced; inconclusive otherwise."
+    )
+
+
+@pytest.mark.parametrize(
+    ("paper", "ours", "verdict"),
+    [
+        ((18.0, 10.0), (stat(12.0), stat(9.0)), REPRODUCED),  # [11, 13] vs [8, 10]
+        ((10.0, 18.0), (stat(9.0), stat(12.0)), REPRODUCED),  # the paper's A below B: same
+        ((18.0, 10.0), (stat(9.0), stat(12.0)), NOT_REPRODUCED),
+        ((18.0, 10.0), (stat(11.0), stat(9.5)), INCONCLUSIVE),  # [10, 12] vs [8.5, 10.5]
+        ((18.0, 10.0), (stat(11.0), stat(9.0)), INCONCLUSIVE),  # touching at 10: overlap
+        ((18.0, 10.0), (stat(30.0, n=1), stat(9.0)), INCONCLUSIVE),  # one seed
+        ((18.0, 10.0), (stat(12.0), None), INCONCLUSIVE),  # a side missing
+        ((18.64, 17.65), (stat(30.0), stat(1.0)), NOT_JUDGED),  # |Dp| 0.99 < TAU
+        ((18.5, 17.5), (stat(30.0), stat(1.0)), REPRODUCED),  # |Dp| exactly 1.0: judged
+        ((None, 17.5), (stat(30.0), stat(1.0)), NOT_JUDGED),  # the paper gives no number
+    ],
+)
+def test_judge(paper: tuple[Any, Any], ours: tuple[Any, Any], verdict: str) -> None:
+    assert judge(*paper, *ours) == verdict
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "expected"),
+    [
+        ([REPRODUCED, REPRODUCED], (REPRODUCED, 2, 2)),
+        ([REPRODUCED, NOT_JUDGED], (REPRODUCED, 1, 1)),
+        ([REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE], (NOT_REPRODUCED, 1, 3)),
+        ([REPRODUCED, INCONCLUSIVE], (INCONCLUSIVE, 1, 2)),
+        ([NOT_JUDGED, NOT_JUDGED], (INCONCLUSIVE, 0, 0)),  # nothing judged: no verdict
+        ([], (INCONCLUSIVE, 0, 0)),
+    ],
+)
+def test_claim_verdict(verdicts: list[str], expected: tuple[str, int, int]) -> None:
+    assert claim_verdict(verdicts) == expected
+
+
+def test_t_intervals() -> None:
+    """[1, 2, 3]: mean 2, sd 1, half-width t(0.975, 2) / sqrt(3) = 4.302653 / 1.732051."""
+    s = seed_stat([1.0, 2.0, 3.0])
+    assert s is not None and (s.n, s.mean, s.sd) == (3, 2.0, 1.0)
+    assert s.half == pytest.approx(2.4841377, abs=1e-6)
+    known = {1: 12.706205, 2: 4.302653, 3: 3.182446, 4: 2.776445, 10: 2.228139, 30: 2.042272}
+    for df, t in known.items():
+        assert t_quantile(df) == pytest.approx(t, abs=1e-6)
+    one = seed_stat([5.0, math.nan])  # an undefined value is no seed
+    assert one is not None and one.n == 1 and math.isnan(one.half)
+    assert seed_stat([]) is None and seed_stat([math.nan]) is None
+
+
+# -- the registry against the study files ---------------------------------------------------
+
+
+def test_base_names() -> None:
+    assert base_name("acsl-table2-embedded") == "acsl-table2"
+    assert base_name("rog-table1-rfs-smoke") == "rog-table1-rfs"
+    assert base_name("rog-table1-rfs") == "rog-table1-rfs"
+    ids = [c.id for c in all_claims()]
+    assert len(ids) == len(set(ids))
+
+
+@pytest.mark.parametrize("claim", all_claims(), ids=lambda c: c.id)
+def test_claim_resolves_against_its_study(claim: Any) -> None:
+    """Every selector names exactly one reference row that gives the claim's metric, in the
+    study file and (where the spec has it) in its ``--embedded`` variant."""
+    assert claim.study in STUDIES, f"no studies/*.yaml named {claim.study}"
+    spec = load_spec(STUDIES[claim.study])
+    variants = [spec]
+    if hasattr(spec, "embedded_variant"):
+        variants.append(spec.embedded_variant())
+    for s in variants:
+        metric = claim.metric_of(s)
+        pairs = comparisons(claim, s)
+        assert pairs, f"{claim.id}: no comparison in {s.name}"
+        if claim.sweep:
+            assert len(sweep_rows(s, claim.sweep)) == len(pairs) + 1
+        for a, b in pairs:
+            for sel in (a, b):
+                assert len(paper_rows(s, sel)) == 1, f"{claim.id}: {sel} in {s.name}"
+                assert paper_value(s, sel, metric) is not None, f"{claim.id}: {sel} {metric}"
+
+
+# -- the document on fabricated study directories -----------------------------------------
+
+
+def make_study(root: Path, source: str, name: str, **changes: Any) -> tuple[Path, StudySpec]:
+    """The study file ``source`` as a small synthetic study named ``name``."""
+    raw = load_spec(STUDIES[source]).to_dict()
+    for key in ("smoke", "embedded", "profile"):
+        raw.pop(key, None)
+    raw.update(name=name, dataset={"kind": "synthetic", "classes": 8}, storage=str(root))
+    raw["model"] = {"backbone": "tiny", "masks": raw["model"].get("masks", True)}
+    raw["resources"] = {"workers": 1}
+    raw.update(changes)
+    spec = spec_from_dict(raw)
+    study = root / name
+    study.mkdir(parents=True)
+    (study / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    return study, spec
+
+
+def row(spec: StudySpec, h: str, loss: str, seed: int, **values: Any) -> dict[str, Any]:
+    return {
+        "study": spec.name, "trial_id": h, "config_hash": h, "loss": loss, "seed": seed,
+        "status": "ok", "error": None, "time_total_s": 60.0,
+        "started_at": f"2025-01-01T00:0{seed}:00+00:00",
+        "finished_at": f"2025-01-01T01:0{seed}:00+00:00", **values,
+    }  # fmt: skip
+
+
+def fill_c2am(study: Path, spec: StudySpec) -> None:
+    store = ResultStore(study)
+    for alpha, apr in C2AM_APR.items():
+        h = config_hash({"loss": "c2am", "c2am.s": 30.0, "c2am.alpha": alpha}, spec)
+        params = {"param.c2am.s": 30.0, "param.c2am.alpha": alpha}
+        for seed, off in enumerate(OFFSETS):
+            store.write_trial(
+                row(spec, h, "c2am", seed, **params, **{"segm/APr": apr + off, "segm/AP": 0.2})
+            )
+
+
+def fill_acsl(study: Path, spec: StudySpec) -> None:
+    store = ResultStore(study)
+    h = config_hash({"loss": "acsl", "acsl.xi": 0.7}, spec)
+    for seed, off in enumerate(OFFSETS):
+        base = {"baseline": "stage1", "stage1_loss": "ce"}
+        store.write_trial(
+            row(spec, "stage1-abc", "stage1", seed, **base, **{"bbox/APr": 0.02 + off})
+        )
+        store.write_trial(
+            row(spec, h, "acsl", seed, **{"param.acsl.xi": 0.7, "bbox/APr": 0.12 + off})
+        )
+    store.write_trial(row(spec, h, "acsl", 3, status="failed", error="RuntimeError: boom"))
+    store.write_trial(row(spec, h, "acsl", 4, status="stopped", **{"bbox/APr": 0.9}))
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    c2am, spec = make_study(root, "c2am-table4", "c2am-table4-embedded")
+    fill_c2am(c2am, spec)
+    acsl, spec = make_study(root, "acsl-table2", "acsl-table2-smoke")
+    fill_acsl(acsl, spec)
+    return c2am, acsl
+
+
+def section(text: str, heading: str) -> str:
+    assert heading in text, heading
+    return text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+
+
+def table(text: str) -> list[list[str]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln[1:-1].split("|")] for ln in lines[2:]]
+
+
+def test_document(studies: tuple[Path, Path], tmp_path: Path) -> None:
+    c2am, acsl = studies
+    out = write_reproduction([c2am, acsl], tmp_path / "REPRO.md")
+    text = out.read_text()
+    assert text.startswith("# Reproduction of the papers' claims")
+    assert f"`ltsearch reproduction {c2am} {acsl} --out {tmp_path / 'REPRO.md'}`" in text
+    assert f"> {VERDICT_RULE}\n" in text
+    assert text.index("## Study `acsl-table2-smoke`") < text.index("## Study `c2am-table4-emb")
+
+    sweep = section(text, "### `c2am-table4-alpha`")
+    assert "**Verdict: not reproduced** \u2014 1 of 2 comparisons reproduced; 2 listed" in sweep
+    rows = {r[0]: r for r in table(sweep)[:5]}
+    assert rows["c2am(alpha=0.5)"][2:4] == ["13.00", "10.00 \u00b1 1.24 (3)"]
+    assert rows["c2am(alpha=0)"][2:4] == ["9.60", "5.00 \u00b1 1.24 (3)"]
+    verdicts = {r[1]: (r[4], r[7], r[8]) for r in table(sweep)[5:]}
+    assert verdicts["c2am(alpha=0)"] == ("+3.40", "+5.00", REPRODUCED)
+    assert verdicts["c2am(alpha=0.1)"] == ("+1.40", "\u22123.00", NOT_REPRODUCED)
+    assert verdicts["c2am(alpha=0.3)"][2] == verdicts["c2am(alpha=0.7)"][2] == NOT_JUDGED
+    figure = tmp_path / "REPRO_figures" / "c2am-table4-embedded.c2am-table4-alpha.png"
+    assert f"](REPRO_figures/{figure.name})" in sweep and "rescaled independently" in sweep
+    assert figure.read_bytes().startswith(b"\x89PNG")
+
+    margin = section(text, "### `c2am-table4-margin`")
+    assert "**Verdict: reproduced** \u2014 1 of 1 comparisons reproduced." in margin
+
+    header = section(text, "## Study `c2am-table4-embedded`")
+    assert "8 classes (" in header and "rare" in header and "frequent" in header
+    assert (
+        "seed-to-seed spread of segm/APr: 0.50 AP points (mean over 5 configuration(s)" in header
+    )
+    assert "00:00 \u2192 2025-01-01 01:02 UTC" in header  # the rows' first start, last finish
+
+    acsl_md = section(text, "## Study `acsl-table2-smoke`")
+    assert "runs: 6 ok (3 of them stage-1 rows), 1 failed, 1 stopped" in acsl_md
+    base = section(text, "### `acsl-table2-baseline`")
+    assert "| stage 1 only | stage1 stage 1 only (ce) | 4.30 | 2.00 \u00b1 1.24 (3) |" in base
+    assert "**Verdict: reproduced** \u2014 1 of 1" in base  # the stopped 90.0 left out
+    xi = section(text, "### `acsl-table2-xi`")
+    assert "**Verdict: inconclusive** \u2014 0 of 3 comparisons reproduced; 2 listed" in xi
+
+    not_run = section(text, "## Not run")
+    assert "| loce-table1-ebl | loce-table1 |" in not_run and "c2am-table4-margin" not in not_run
+    summary = table(section(text, "## Summary"))
+    assert ["c2am-table4-margin", "c2am-table4-embedded", REPRODUCED, "1/1"] in summary
+    assert ["rog-table1-gap", "rog-table1", "not run", "\u2014"] in summary
+    assert len(summary) == len(all_claims()) == sum(len(c) for c in CLAIMS.values())
+
+    again = write_reproduction([acsl, c2am], tmp_path / "REPRO.md").read_text()
+    assert again.split("\n", 3)[3] == text.split("\n", 3)[3]  # the same but the command
+
+
+@pytest.mark.skipif(
+    not hasattr(StudySpec, "embedded_variant"), reason="the --embedded profile is not in yet"
+)
+def test_embedded_profile_prints_its_rules(tmp_path: Path) -> None:
+    """An ``--embedded`` study directory, no run yet: its scaling rules and class groups are
+    printed, its claims inconclusive (no side has a number)."""
+    spec = load_spec(STUDIES["ahrl-table5"]).embedded_variant()
+    study = tmp_path / spec.name
+    study.mkdir()
+    (study / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    text = write_reproduction([study], tmp_path / "R.md").read_text()
+    header = section(text, "## Study `ahrl-table5-embedded`")
+    assert "Scaling rules of the embedded profile" in header
+    for rule in scaling_rules(spec):
+        assert f"- {rule}\n" in header + "\n"
+    assert "40 classes (" in header and "runs: none yet" in header
+    claim = section(text, "### `ahrl-table5-ahr-vs-eql`")
+    assert "| ahr | eql | 17.50 | 15.40 | +2.10 |" in claim
+    assert "**Verdict: inconclusive** \u2014 0 of 1 comparisons reproduced." in claim
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "ltsearch", "reproduction", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def test_cli_relative_out_and_bad_directory(studies: tuple[Path, Path], tmp_path: Path) -> None:
+    c2am, _ = studies
+    work = tmp_path / "work"
+    work.mkdir()
+    done = cli(str(c2am), "--out", "docs/R.md", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "docs/R.md"
+    text = (work / "docs" / "R.md").read_text()
+    assert "**Verdict: reproduced** \u2014 1 of 1 comparisons reproduced." in text
+    assert "](R_figures/c2am-table4-embedded.c2am-table4-alpha.png)" in text
+    assert (work / "docs" / "R_figures" / "c2am-table4-embedded.c2am-table4-alpha.png").is_file()
+
+    bad = cli(str(c2am), str(work), cwd=work)
+    assert bad.returncode == 2 and bad.stdout == ""
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ltsearch: error: ")
+    assert "not a study directory" in lines[0]
+    assert not (work / "REPRODUCTION.md").exists()
+
+
+def test_categorical_sweep_figure(tmp_path: Path) -> None:
+    """Several swept parameters: the rows in the reference's order on a categorical axis;
+    rows without our numbers leave gaps, the paper's curve is whole."""
+    (claim,) = CLAIMS["loce-table4"]
+    spec = load_spec(STUDIES["loce-table4"])
+    rows = sweep_rows(spec, claim.sweep)
+    points = [
+        (r, paper_value(spec, r, "segm/APr"), seed_stat([10.0 + i, 11.0 + i]) if i % 2 else None)
+        for i, r in enumerate(rows)
+    ]
+    png = plot_claim(tmp_path / "k-m.png", claim, ("segm/APr", "segm/APr"), points)
+    assert png is not None and png.read_bytes().startswith(b"\x89PNG")
+    assert (
+        plot_claim(
+            tmp_path / "none.png", claim, ("segm/APr", "bbox/APr"), [(r, None, None) for r in rows]
+        )
+        is None
+    )
