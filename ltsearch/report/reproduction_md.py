@@ -139,7 +139,25 @@ def study_header(study: Study) -> str:
     if rules:
         lines += ["", "Scaling rules of the embedded profile (`ltsearch.spec.profiles`):", ""]
         lines += [f"- {r}" for r in rules]
+    unexpressed = unexpressed_md(spec)
+    if unexpressed:
+        lines += ["", unexpressed]
     return "\n".join(lines)
+
+
+def unexpressed_md(spec: StudySpec) -> str:
+    """The paper's rows the study cannot express (``reference.unexpressed``), with why."""
+    ref = spec.reference
+    if ref is None or not ref.unexpressed:
+        return ""
+    rows = []
+    for u in ref.unexpressed:
+        numbers = ", ".join(f"{k} {v:g}" for k, v in u.numbers.items()) or DASH
+        rows.append([u.row, u.why, numbers])
+    return (
+        "Rows of the paper's table this study cannot express (not run, not judged):\n\n"
+        + md_table(["paper row", "why", "paper numbers"], rows)
+    )
 
 
 def _columns(study: Study, result: ClaimResult) -> list[str]:

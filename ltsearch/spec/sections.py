@@ -237,15 +237,37 @@ class Resources(Strict):
     max_concurrent_trials: PosInt = 1
 
 
+class Unexpressed(Strict):
+    """A row of the paper's table that the study cannot express, and why (REPRODUCTION.md
+    lists it: a reader sees which rows were left out, not only which were run)."""
+
+    row: Annotated[str, Field(min_length=1)]
+    why: Annotated[str, Field(min_length=1)]
+    numbers: dict[str, Float] = Field(default_factory=dict)
+
+    @field_validator("numbers")
+    @classmethod
+    def _metric_keys(cls, value: dict[str, float]) -> dict[str, float]:
+        for key in value:
+            if key not in METRIC_NAMES and key not in METRICS:
+                raise SpecError(
+                    f"{key!r} is not a metric; use {', '.join(METRIC_NAMES)} or a full name "
+                    "such as bbox/AP"
+                )
+        return value
+
+
 class Reference(Strict):
     """Published numbers to compare against: each row holds parameter values (plus
     ``loss`` when the study searches several) and some of ``AP, AP50, ..., APf`` (of
     ``metric_kind``) and/or of their full names ``bbox/AP, ..., segm/APf`` (a table that
-    prints box and mask AP side by side)."""
+    prints box and mask AP side by side). ``unexpressed`` names the table's rows the study
+    cannot run, with the reason."""
 
     source: Annotated[str, Field(min_length=1)]
     metric_kind: Literal["bbox", "segm"] = "bbox"
     rows: list[dict[str, Any]] = Field(min_length=1)
+    unexpressed: list[Unexpressed] = Field(default_factory=list)
 
 
 class Profile(Strict):

@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from ltsearch.errors import SpecError
 from ltsearch.report.claim_figures import plot_claim
 from ltsearch.report.claims import (
     CLAIMS,
@@ -40,7 +41,7 @@ from ltsearch.report.claims import (
     sweep_rows,
 )
 from ltsearch.report.reproduction import write_reproduction
-from ltsearch.report.reproduction_md import scaling_rules
+from ltsearch.report.reproduction_md import scaling_rules, unexpressed_md
 from ltsearch.report.verdict import (
     INCONCLUSIVE,
     NOT_JUDGED,
@@ -358,3 +359,24 @@ def test_categorical_sweep_figure(tmp_path: Path) -> None:
         )
         is None
     )
+
+
+def test_unexpressed_rows_are_listed_with_why() -> None:
+    spec = load_spec(REPO / "studies" / "rog_table1.yaml")
+    text = unexpressed_md(spec)
+    assert "| CE + NorCal | NorCal (post-hoc logit normalisation) is not in the loss" in text
+    assert (
+        "| ECM + GAP | the ECM loss is not in the registry | bbox/AP 25, AP 24.7, APr 16.7,"
+        in text
+    )
+    assert unexpressed_md(load_spec(REPO / "studies" / "c2am_table4.yaml")) == ""
+    assert unexpressed_md(spec.embedded_variant()) == text  # the profile keeps them
+
+
+def test_unexpressed_numbers_must_be_metrics() -> None:
+    raw = load_spec(REPO / "studies" / "acsl_table2.yaml").to_dict()
+    raw["reference"]["unexpressed"] = [{"row": "x", "why": "y", "numbers": {"mAP": 1.0}}]
+    with pytest.raises(
+        SpecError, match=r"reference\.unexpressed\.0\.numbers.*'mAP' is not a metric"
+    ):
+        spec_from_dict(raw)
