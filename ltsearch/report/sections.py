@@ -173,7 +173,29 @@ def summary_md(spec: StudySpec, study_dir: Path, runs: pd.DataFrame, scale: floa
         f"- wall time: {wall_time(runs) if not runs.empty else 'nothing run yet'}",
         f"- AP values in % ({units}); an undefined metric (lvis-api's -1) shows as \u2014",
     ]
+    segm = segm_line(spec, ok)
+    if segm:
+        lines.append(segm)
     return "## Summary\n\n" + "\n".join(lines)
+
+
+def segm_line(spec: StudySpec, ok: pd.DataFrame) -> str:
+    """Which ok runs have segm numbers, for a study whose trials are box-only (feature
+    cache without ``full_eval``): none, or the front's (``training.stage2.segm_front``)."""
+    stage2 = spec.training.stage2
+    if stage2 is None or not stage2.feature_cache or stage2.full_eval or spec.model.masks is False:
+        return ""
+    have = ok[ok["segm/AP"].notna()] if "segm/AP" in ok else ok.iloc[0:0]
+    if not stage2.segm_front:
+        return (
+            "- segm: none (feature-cache trials are evaluated on boxes; "
+            "`training.stage2.segm_front: true` adds segm for the front's runs)"
+        )
+    configs = have["config_hash"].nunique() if not have.empty else 0
+    return (
+        f"- segm: {len(have)} of {len(ok)} ok runs ({configs} configuration(s): the front's, "
+        "run again with a whole-model evaluation after the trials; `segm_front` in their rows)"
+    )
 
 
 def failures_md(runs: pd.DataFrame, limit: int = 50) -> str:

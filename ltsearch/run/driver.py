@@ -61,6 +61,7 @@ from ltsearch.run.search import (
     plan_study,
     repair_journal,
 )
+from ltsearch.run.segm_front import evaluate_front, front_rows
 from ltsearch.run.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec
@@ -173,7 +174,8 @@ def run_study(
         if tracker is not None:
             tracker.start()
         where, stop = "nothing to run", None
-        if plan.to_run or baseline_pending(spec, study_dir):  # training.stage1.evaluate
+        pending = baseline_pending(spec, study_dir) or front_rows(spec, study_dir)
+        if plan.to_run or pending:  # training.stage1.evaluate, training.stage2.segm_front
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
             where, stop = _fit(
                 spec, ctx, storage, plan, address=address, progress=progress, execute=execute,
@@ -261,6 +263,8 @@ def _fit(
             evaluate_stage1(ctx, spec, execute, stopper, say=printer.say)
             if plan.to_run and stopper.request_ is None:
                 tuner.fit()  # (Interrupts after connect: ray.init sets its own SIGTERM)
+            # training.stage2.segm_front: the front's runs again with segm (segm_front.py)
+            evaluate_front(ctx, spec, execute, stopper, say=printer.say)
     finally:
         cluster.shutdown()
         signal.signal(signal.SIGTERM, sigterm)

@@ -102,6 +102,11 @@ class StudySpec(Strict):
                         "training.stage2.full_eval: true for segm metrics, or use a bbox metric",
                         path=["search", "objectives", i],
                     )
+        if stage2 is not None and stage2.segm_front and self.model.masks is False:
+            raise SpecError(
+                "segm needs masks; set model.masks: true or drop segm_front",
+                path=["training", "stage2", "segm_front"],
+            )
         self._check_trials()
         check_early_stopping(self.search.early_stopping, self.training.schedule,
                              self.training.epochs)  # fmt: skip

@@ -143,6 +143,9 @@ class Stage2(Optim):
     # feature-cache trials report box metrics from the cache; full_eval also runs the whole
     # model over the validation set (masks, segm metrics): slower, for the trials that matter
     full_eval: StrictBool = False
+    # after the trials, the Pareto front's (configuration, seed) runs again with full_eval:
+    # segm numbers where they matter, at a whole-model pass per front run (not hashed)
+    segm_front: StrictBool = False
 
     @model_validator(mode="after")
     def _cache(self) -> Stage2:
@@ -154,11 +157,17 @@ class Stage2(Optim):
                 f"{self.finetune}; set use_feature_cache: false or finetune: [box_predictor]",
                 path=["use_feature_cache"],
             )
-        if self.full_eval and not self.feature_cache:
+        for key in ("full_eval", "segm_front"):
+            if getattr(self, key) and not self.feature_cache:
+                raise SpecError(
+                    "applies to feature-cache trials only (other trials always evaluate the "
+                    "whole model); remove it or use finetune: [box_predictor]",
+                    path=[key],
+                )
+        if self.segm_front and self.full_eval:
             raise SpecError(
-                "applies to feature-cache trials only (other trials always evaluate the whole "
-                "model); remove it or use finetune: [box_predictor]",
-                path=["full_eval"],
+                "full_eval already evaluates every trial with segm; drop one of the two",
+                path=["segm_front"],
             )
         return self
 
@@ -212,7 +221,10 @@ class TrainingSpec(Optim):
         if self.schedule == "end_to_end":
             return {"schedule": self.schedule, **hashed(self.optim())}
         assert self.stage1 is not None and self.stage2 is not None
-        stage2 = {**self.stage2.model_dump(), "use_feature_cache": self.stage2.feature_cache}
+        stage2 = {
+            **self.stage2.model_dump(exclude={"segm_front"}),  # evaluation only: not hashed
+            "use_feature_cache": self.stage2.feature_cache,
+        }
         return {
             "schedule": self.schedule,
             "stage1": self.stage1.trained(),

@@ -184,9 +184,21 @@ ERRORS = [
     (lambda d: d.update(reference={"source": "T", "rows": [{"xi": 3, "AP": 1}]}),
      "reference.rows.0.xi", "xi=3 is invalid"),
     (lambda d: d.update(smoke={"search": {"trials": 0}}), "smoke.search.trials", "greater than 0"),
+    (lambda d: d.update(embedded={"search": {"seeds": []}}), "embedded.search.seeds",
+     "at least 1"),
+    (lambda d: d.update(training=_decoupled(segm_front=True, finetune=["box_head"])),
+     "training.stage2.segm_front", "feature-cache trials only"),
+    (lambda d: d.update(training=_decoupled(segm_front=True, full_eval=True)),
+     "training.stage2.segm_front", "drop one of the two"),
+    (lambda d: d["model"].update(masks=False) or d.update(training=_decoupled(segm_front=True)),
+     "training.stage2.segm_front", "segm needs masks"),
     (lambda d: d.update(name="ACSL xi"), "name", "is not a slug"),
     (lambda d: d.update(stroage="x"), "stroage", "did you mean 'storage'?"),
 ]  # fmt: skip
+
+
+def _decoupled(**stage2: Any) -> dict[str, Any]:
+    return {"schedule": "decoupled", "stage1": {"loss": "ce"}, "stage2": stage2}
 
 
 @pytest.mark.parametrize("mutate, key, reason", ERRORS)
