@@ -225,7 +225,7 @@ def write_report(
     page = Page(
         name=spec.name, source=f"{study_dir}/trials/", configs=summary.configs, x=x, y=y,
         directions=dirs, kinds=_kinds(summary), sweep_kind=_sweep_kind(spec, x),
-        metrics=summary.metrics, studies=studies,
+        metrics=summary.metrics, studies=studies, baseline=summary.baseline,
     )  # fmt: skip
     write_html(study_dir / HTML_FILE, page)
     for stale in PLOTS:  # a figure this report does not show must not outlive its data;

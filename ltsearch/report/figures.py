@@ -36,6 +36,7 @@ DASHES = ("solid", "dash", "dot", "dashdot")
 DASH = "\u2014"  # an undefined value, as in report.md
 CONFIGS_META = "configs"  # marks the traces holding one point per configuration
 FRONT_META = "front"  # the trace of the front's points (customdata: config hashes)
+BASELINE_META = "baseline"  # the stage-1 row, drawn apart (not a configuration)
 
 
 def loss_colors(losses: Sequence[str]) -> dict[str, str]:
@@ -79,12 +80,19 @@ def _layout(fig: go.Figure, title: str, x: str, y: str, height: int) -> go.Figur
 
 
 def front_figure(
-    configs: pd.DataFrame, x: str, y: str, directions: Sequence[str], metrics: Sequence[str]
+    configs: pd.DataFrame,
+    x: str,
+    y: str,
+    directions: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    baseline: pd.DataFrame | None = None,
 ) -> go.Figure | None:
     """Every configuration at its seed mean, one legend entry per loss (its front points go
     with it); the front's points outlined and joined by its step line. 95% error bars on
     every point up to :data:`MAX_ERRORBARS` configurations, beyond on the front's only (as
-    the PNG). None: no point has both means."""
+    the PNG). The stage-1 ``baseline`` row, when given, is a black cross (never ranked).
+    None: no point has both means."""
     have, front = front_xy(configs, x, y, directions)
     if have.empty:
         return None
@@ -118,6 +126,15 @@ def front_figure(
         x=line[:, 0], y=line[:, 1], mode="lines", name="front", hoverinfo="skip",
         line={"color": "black", "width": 1.5},
     )  # fmt: skip
+    cols = [f"{x}.mean", f"{y}.mean"]
+    if baseline is not None and not baseline.empty and all(c in baseline for c in cols):
+        base = baseline.dropna(subset=cols)
+        fig.add_scatter(
+            x=base[cols[0]], y=base[cols[1]], mode="markers", name="stage 1 only",
+            meta=BASELINE_META, marker={"color": "black", "size": 12, "symbol": "x"},
+            text=[hover_text(r, metrics) for _, r in base.iterrows()],
+            hovertemplate="%{text}<extra>stage 1 only</extra>",
+        )  # fmt: skip
     title = f"{y} against {x}: seed means, 95% intervals"
     return _layout(fig, title, f"{x} (%)", f"{y} (%)", 520)
 

@@ -32,7 +32,14 @@ from ltmodels.engine.atomic import write_atomic
 from ltsearch.report.figures import compare_figure, front_figure, sweep_figures
 from ltsearch.report.plots import MAX_ERRORBARS, front_xy
 from ltsearch.report.sections import compare_note, compare_rows
-from ltsearch.report.tables import DETAIL_LIMIT, GROUP_METRICS, fmt_ci
+from ltsearch.report.tables import (
+    DETAIL_LIMIT,
+    GROUP_METRICS,
+    fmt_ci,
+    short_id,
+    with_baseline,
+)
+from ltsearch.rows import BASELINE, STAGE1
 
 HTML_FILE = "report.html"
 DATA_ID = "ltsearch-data"
@@ -53,6 +60,8 @@ class Page:
         sweep_kind: the kind whose AP, APr, APc and APf the sweeps show.
         metrics: metrics shown on hover.
         studies: ``(name, configs)`` of the compared studies, this one first (empty: none).
+        baseline: :attr:`.tables.Summary.baseline`, the stage-1 row (empty: none), shown
+            first in the group table and as a cross on the front plot, never ranked.
     """
 
     name: str
@@ -65,6 +74,7 @@ class Page:
     sweep_kind: str
     metrics: Sequence[str]
     studies: Sequence[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    baseline: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def _asset(name: str) -> str:
@@ -91,25 +101,30 @@ def _cell(text: str, sort: Any, cls: str = "") -> str:
     return f'<td{attr} data-sort="{escape(str(key))}">{escape(text)}</td>'
 
 
-def group_table(configs: pd.DataFrame, kinds: Sequence[str]) -> str:
-    """The sortable AP-by-group table: the :data:`TABLE_ROWS` best configurations, each
-    metric as ``mean [95% CI]`` (sorted by the mean)."""
+def group_table(
+    configs: pd.DataFrame, kinds: Sequence[str], baseline: pd.DataFrame | None = None
+) -> str:
+    """The sortable AP-by-group table: the stage-1 ``baseline`` row first (rank
+    "baseline"), then the :data:`TABLE_ROWS` best configurations, each metric as
+    ``mean [95% CI]`` (sorted by the mean)."""
     cols = [f"{k}/{m}" for k in kinds for m in GROUP_METRICS if f"{k}/{m}.mean" in configs]
+    base = baseline if baseline is not None else configs.iloc[:0]
     head = ["rank", "config", "configuration", "loss", "seeds", *cols]
     text = {"config", "configuration", "loss"}
     ths = "".join(f'<th class="{"text" if h in text else ""}">{escape(h)}</th>' for h in head)
     rows = []
-    for _, r in configs.iloc[:TABLE_ROWS].iterrows():
-        rank = int(r["rank"])
+    for _, r in with_baseline(base, configs.iloc[:TABLE_ROWS]).iterrows():
+        is_base = r.get("loss") == STAGE1
+        rank = 0 if is_base else int(r["rank"])
         cells = [
-            _cell(str(rank) if rank else "\u2014", rank or None),
-            _cell(str(r["config_hash"])[:8], str(r["config_hash"]), "text"),
+            _cell(BASELINE if is_base else str(rank) if rank else "\u2014", rank or None),
+            _cell(short_id(r), str(r["config_hash"]), "text"),
             _cell(str(r["label"]), str(r["label"]), "text"),
             _cell(str(r["loss"]), str(r["loss"]), "text"),
             _cell(str(int(r["n"])), int(r["n"])),
             *[_cell(fmt_ci(r, c), _number(r[f"{c}.mean"])) for c in cols],
         ]
-        cls = ' class="front"' if rank == 1 else ""
+        cls = ' class="front"' if rank == 1 else ' class="baseline"' if is_base else ""
         rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
     return (
         f'<div class="table-wrap"><table class="sortable" id="groups-table"><thead><tr>{ths}'
@@ -157,7 +172,9 @@ def page_data(page: Page) -> dict[str, Any]:
 
 
 def _front_section(page: Page) -> str:
-    fig = front_figure(page.configs, page.x, page.y, page.directions, page.metrics)
+    fig = front_figure(
+        page.configs, page.x, page.y, page.directions, page.metrics, baseline=page.baseline
+    )
     if fig is None:
         return f"<p>No configuration has both {escape(page.x)} and {escape(page.y)} yet.</p>"
     note = (
@@ -213,7 +230,7 @@ def _body(page: Page) -> str:
         _sweeps_section(page),
         "<h2>AP by frequency group</h2><p class=note>Mean [95% interval] over seeds; bold: "
         f"on the front.{more} Click a column header to sort (again: the other way).</p>",
-        group_table(c, page.kinds),
+        group_table(c, page.kinds, page.baseline),
         _compare_section(page),
     ]
     return "\n".join(p for p in parts if p)

@@ -79,6 +79,8 @@ def test_stage1_row_once_in_parquet_and_report(tmp_path: Path) -> None:
     assert f"| baseline | stage1 | stage 1 only (ce) | 1 | {ap} " in report
     assert f"| stage 1 only (ce) | stage1 stage 1 only (ce) | 1 | 21.2 \\| {ap} (" in report
     assert report.count("stage 1 only (ce)") == 4  # front, groups, ablation (name and match)
+    html = (study_dir / "report.html").read_text(encoding="utf-8")
+    assert '<tr class="baseline">' in html and '"name":"stage 1 only"' in html
 
     before = snapshot(study_dir)
     resumed = run_cli("resume", os.path.relpath(study_dir, third), cwd=third)

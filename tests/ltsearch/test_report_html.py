@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -134,3 +135,32 @@ def test_labels_escaped_and_json_closed(pages: tuple[Path, str, str]) -> None:
     assert "</script><img" not in text and "<title>Study report: a&amp;b</title>" in text
     data = json.loads(parse(text).scripts[DATA_ID])
     assert {p["label"] for p in data["plotted"]} == {"</script><img src=x>"}
+
+
+def test_stage1_baseline_row_and_point(pages: tuple[Path, str, str]) -> None:
+    """A study's stage-1 row (``training.stage1.evaluate``) leads the group table with rank
+    "baseline" and is a cross on the front plot, as report.md shows it first."""
+    path, _, _ = pages
+    configs = pd.read_csv(path / "report" / "configs.csv")
+    baseline = configs.iloc[:1].copy()
+    baseline[["loss", "label", "config_hash", "rank"]] = [
+        "stage1",
+        "stage 1 only (ce)",
+        "stage1-0123456789abcdef",
+        0,
+    ]
+    page = Page(
+        name="s", source="trials/", configs=configs, x="bbox/APr", y="bbox/APf",
+        directions=["max", "max"], kinds=["bbox"], sweep_kind="bbox", metrics=["bbox/APr"],
+        baseline=baseline,
+    )  # fmt: skip
+    text = render(page)
+    tags = parse(text)
+    start = next(i for i, (t, a) in enumerate(tags.tags) if a.get("id") == "groups-table")
+    first = next(a for t, a in tags.tags[start:] if t == "tr" and a.get("class") == "baseline")
+    assert first is not None
+    row = text.split('<tr class="baseline">', 1)[1].split("</tr>", 1)[0]
+    assert ">baseline</td>" in row and ">stage1</td>" in row and "stage 1 only (ce)" in row
+    assert text.index('<tr class="baseline">') < text.index('<tr class="front">')
+    assert '"name":"stage 1 only"' in text and '"symbol":"x"' in text
+    assert '"name":"stage 1 only"' not in render(replace(page, baseline=pd.DataFrame()))
