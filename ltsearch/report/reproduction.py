@@ -40,6 +40,7 @@ from ltsearch.report.verdict import (
     Stat,
     claim_verdict,
     judge,
+    point,
     seed_stat,
 )
 from ltsearch.rows import BASELINE
@@ -81,9 +82,13 @@ class Pick:
     matches: int
 
     def stat(self, study: Study, metric: str) -> Stat | None:
+        """Our mean and interval; the stage-1 row (one model) as a point."""
         if self.row is None:
             return None
-        return seed_stat(study.values(str(self.row["config_hash"]), metric))
+        found = seed_stat(study.values(str(self.row["config_hash"]), metric))
+        if found is not None and BASELINE in self.selector and found.n == 1:
+            return point(found.mean)
+        return found
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,11 @@ def _signed(value: float | None) -> str:
 
 def ours(stat: Stat | None) -> str:
     """``12.34 ± 0.56 (3)``: mean, half-width of the 95% t interval, seeds; ``12.34 (1)``
-    for one seed (no interval)."""
+    for one seed (no interval); ``12.34 (point)`` for the stage-1 row (one model)."""
     if stat is None:
         return DASH
+    if stat.n < 2 and stat.usable:
+        return f"{stat.mean:.2f} (point)"
     if stat.n < 2:
         return f"{stat.mean:.2f} ({stat.n})"
     return f"{stat.mean:.2f} \u00b1 {stat.half:.2f} ({stat.n})"

@@ -24,7 +24,9 @@ VERDICT_RULE = (
     "over seeds (Student's t, n - 1 degrees of freedom): disjoint intervals with our "
     "difference in the paper's direction: reproduced; disjoint intervals with our "
     "difference in the opposite direction: not reproduced; overlapping intervals, fewer "
-    "than 2 seeds on either side, or a side missing: inconclusive. A claim is not "
+    "than 2 seeds on either side, or a side missing: inconclusive. A decoupled study's "
+    "stage-1 row is the one model every seed fine-tunes, evaluated once: it is a point "
+    "(an interval of width 0), not a sample of one. A claim is not "
     "reproduced if any judged comparison is not reproduced; reproduced if it has judged "
     "comparisons and every one is reproduced; inconclusive otherwise."
 )
@@ -75,6 +77,11 @@ class Stat:
     half: float
 
     @property
+    def usable(self) -> bool:
+        """An interval to judge with: 2 seeds or more, or an exact point (:func:`point`)."""
+        return self.n >= 2 or self.half == 0.0
+
+    @property
     def lo(self) -> float:
         return self.mean - self.half
 
@@ -96,6 +103,12 @@ def seed_stat(values: Sequence[float]) -> Stat | None:
     return Stat(n, mean, sd, t_quantile(n - 1) * sd / math.sqrt(n))
 
 
+def point(value: float) -> Stat:
+    """A value without sampling spread (a decoupled study's stage-1 row: one model, the
+    one every seed fine-tunes), as an interval of width 0."""
+    return Stat(1, float(value), 0.0, 0.0)
+
+
 def paper_difference(paper_a: float | None, paper_b: float | None) -> float | None:
     """Dp = paper(A) - paper(B), rounded to 1e-6 so that 18.5 - 17.5 is exactly 1.0 (the
     papers print two decimals at most); None when the paper gives either side no number."""
@@ -112,7 +125,7 @@ def judge(
     dp = paper_difference(paper_a, paper_b)
     if dp is None or abs(dp) < TAU:
         return NOT_JUDGED
-    if ours_a is None or ours_b is None or ours_a.n < 2 or ours_b.n < 2:
+    if ours_a is None or ours_b is None or not (ours_a.usable and ours_b.usable):
         return INCONCLUSIVE
     if ours_a.lo > ours_b.hi or ours_b.lo > ours_a.hi:  # disjoint intervals
         return REPRODUCED if (ours_a.mean - ours_b.mean) * dp > 0 else NOT_REPRODUCED
@@ -136,6 +149,6 @@ def claim_verdict(verdicts: Sequence[str]) -> tuple[str, int, int]:
 
 __all__ = [
     "INCONCLUSIVE", "LEVEL", "NOT_JUDGED", "NOT_REPRODUCED", "REPRODUCED", "TAU",
-    "VERDICT_RULE", "Stat", "claim_verdict", "judge", "paper_difference", "seed_stat",
+    "VERDICT_RULE", "Stat", "claim_verdict", "judge", "paper_difference", "point", "seed_stat",
     "t_quantile",
 ]  # fmt: skip

@@ -52,6 +52,7 @@ from ltsearch.report.verdict import (
     Stat,
     claim_verdict,
     judge,
+    point,
     seed_stat,
     t_quantile,
 )
@@ -82,7 +83,9 @@ def test_rule_text_is_pinned() -> None:
         "and B over seeds (Student's t, n - 1 degrees of freedom): disjoint intervals with "
         "our difference in the paper's direction: reproduced; disjoint intervals with our "
         "difference in the opposite direction: not reproduced; overlapping intervals, fewer "
-        "than 2 seeds on either side, or a side missing: inconclusive. A claim is not "
+        "than 2 seeds on either side, or a side missing: inconclusive. A decoupled study's "
+        "stage-1 row is the one model every seed fine-tunes, evaluated once: it is a point "
+        "(an interval of width 0), not a sample of one. A claim is not "
         "reproduced if any judged comparison is not reproduced; reproduced if it has judged "
         "comparisons and every one is reproduced; inconclusive otherwise."
     )
@@ -98,6 +101,9 @@ def test_rule_text_is_pinned() -> None:
         ((18.0, 10.0), (stat(11.0), stat(9.0)), INCONCLUSIVE),  # touching at 10: overlap
         ((18.0, 10.0), (stat(30.0, n=1), stat(9.0)), INCONCLUSIVE),  # one seed
         ((18.0, 10.0), (stat(12.0), None), INCONCLUSIVE),  # a side missing
+        ((18.0, 10.0), (stat(12.0), point(10.5)), REPRODUCED),  # the stage-1 row: a point
+        ((18.0, 10.0), (stat(12.0), point(11.5)), INCONCLUSIVE),  # inside A's [11, 13]
+        ((18.0, 10.0), (stat(12.0, n=1), point(5.0)), INCONCLUSIVE),  # A has one seed
         ((18.64, 17.65), (stat(30.0), stat(1.0)), NOT_JUDGED),  # |Dp| 0.99 < TAU
         ((18.5, 17.5), (stat(30.0), stat(1.0)), REPRODUCED),  # |Dp| exactly 1.0: judged
         ((None, 17.5), (stat(30.0), stat(1.0)), NOT_JUDGED),  # the paper gives no number
