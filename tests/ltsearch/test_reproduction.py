@@ -386,3 +386,40 @@ def test_unexpressed_numbers_must_be_metrics() -> None:
         SpecError, match=r"reference\.unexpressed\.0\.numbers.*'mAP' is not a metric"
     ):
         spec_from_dict(raw)
+
+
+def test_box_only_study_is_read_in_bbox_and_stage1_row_is_a_point(tmp_path: Path) -> None:
+    """A decoupled study evaluated on boxes (``--embedded``'s cached stage 2) is judged on the
+    paper's segm direction with our bbox numbers, and says so; its single stage-1 row is a
+    point, so a claim against it can be judged."""
+    loce, spec = make_study(tmp_path, "loce-table1", "loce-table1-embedded")
+    store = ResultStore(loce)
+    for (margin, mfs), apr in {(False, False): 0.10, (False, True): 0.24}.items():
+        params = {"ebl.margin": margin, "ebl.mfs": mfs}
+        h = config_hash({"loss": "ebl", **params}, spec)
+        cols = {f"param.{k}": v for k, v in params.items()}
+        for seed, off in enumerate(OFFSETS):
+            store.write_trial(row(spec, h, "ebl", seed, **cols, **{"bbox/APr": apr + off}))
+    acsl, aspec = make_study(tmp_path, "acsl-table2", "acsl-table2-embedded")
+    astore = ResultStore(acsl)
+    base = {"baseline": "stage1", "stage1_loss": "ce"}
+    astore.write_trial(row(aspec, "stage1-abc", "stage1", 0, **base, **{"bbox/APr": 0.05}))
+    h = config_hash({"loss": "acsl", "acsl.xi": 0.7}, aspec)
+    for seed, off in enumerate(OFFSETS):
+        astore.write_trial(
+            row(aspec, h, "acsl", seed, **{"param.acsl.xi": 0.7, "bbox/APr": 0.12 + off})
+        )
+    text = write_reproduction([loce, acsl], tmp_path / "R.md").read_text()
+
+    mfs = section(text, "### `loce-table1-mfs`")
+    assert "Metric: the paper's `segm/APr`, ours `bbox/APr` (this study evaluated boxes" in mfs
+    verdicts = {r[0]: (r[5], r[6], r[8]) for r in table(mfs)[2:]}
+    assert verdicts["margin=False, mfs=True"] == (
+        "24.00 \u00b1 1.24 (3)", "10.00 \u00b1 1.24 (3)", REPRODUCED,
+    )  # fmt: skip
+    assert "seed-to-seed spread of bbox/APr: 0.50 AP points" in section(
+        text, "## Study `loce-table1-embedded`"
+    )
+    baseline = section(text, "### `acsl-table2-baseline`")
+    assert "| stage 1 only | stage1 stage 1 only (ce) | 4.30 | 5.00 (point) |" in baseline
+    assert "**Verdict: reproduced** \u2014 1 of 1" in baseline
