@@ -59,7 +59,8 @@ SHARED = {
 LONG = {
     "faults-reference": 630,
     "tests/faults/test_node_loss.py": 200,
-    "tests/faults/test_bad_input.py": 130,
+    "tests/faults/test_bad_input.py": 70,
+    "tests/faults/test_bad_data_runs.py": 60,
     "tests/bench/test_gpu_check.py": 125,
     "tests/ltmodels/test_trial.py": 120,
     "tests/acceptance/test_stop_and_resume.py": 105,

@@ -27,6 +27,19 @@ sys.path.insert(0, str(HERE.parent / "acceptance"))  # workspace, study_checks
 import faultkit  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh ``ltsearch data synth`` dataset (:data:`bad_project.SYNTH`) that the
+    bad-input cases copy into their projects."""
+    from bad_project import SYNTH
+    from workspace import run_cli
+
+    root = tmp_path_factory.mktemp("pristine")
+    ran = run_cli("data", "synth", "--out", "data", *SYNTH, cwd=root, timeout=300)
+    assert ran.rc == 0, ran.describe()
+    return root / "data"
+
+
 @pytest.fixture(scope="session")
 def fault_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return faultkit.make_data(tmp_path_factory.mktemp("fault-data"))

@@ -18,7 +18,6 @@ study stops on the systematic error after ``search.max_failures`` trials, exit 1
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -32,31 +31,15 @@ from typing import Any
 
 import pytest
 import records
+from bad_project import CHECK, RUN, RUN_CHECK, STUDY, edit_json, study, to_jpeg, write_bytes
 from workspace import Ran, run_cli
 
 pytestmark = [pytest.mark.faults]
 
-STUDY = """\
-name: bad-input
-dataset: {kind: lvis, train: data/lvis_synth_train.json, val: data/lvis_synth_val.json,
-          images: data}
-model: {backbone: tiny, masks: true}
-training: {schedule: end_to_end, epochs: 1, lr: 0.02, batch_size: 2, warmup_iters: 2}
-loss: {name: acsl, params: {xi: {grid: [0.3, 0.7]}}}
-search: {sampler: grid, objectives: [bbox/AP:max], seeds: [0], max_failures: 2}
-resources: {workers: 1, cpus_per_worker: 1, max_concurrent_trials: 1}
-storage: results
-"""
-SYNTH = ("--classes", "4", "--train-images", "6", "--val-images", "3", "--image-size", "64")
 PROMISED = (
     "exit 2, one stderr line naming the file (and key), no traceback, nothing written, no Ray"
 )
 LINE_COL = r"line \d+, column \d+: "
-
-
-def study(old: str, new: str) -> str:
-    assert old in STUDY, old
-    return STUDY.replace(old, new, 1)
 
 
 def grid_of(n: int) -> str:
@@ -72,42 +55,6 @@ def alias_bomb(levels: int = 9) -> str:
 
 
 # ----- data breakers (the project's data/ is a fresh copy of the synthetic dataset) -----
-
-
-def edit_json(name: str, fn: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
-    def apply(root: Path) -> None:
-        path = root / "data" / name
-        d = json.loads(path.read_text())
-        fn(d)
-        path.write_text(json.dumps(d))
-
-    return apply
-
-
-def write_bytes(rel: str, data: bytes) -> Callable[[Path], None]:
-    def apply(root: Path) -> None:
-        (root / rel).write_bytes(data)
-
-    return apply
-
-
-def to_jpeg(root: Path, keep: Callable[[bytes], bytes]) -> Path:
-    """Turn train image 1 into a JPEG (its JSON record renamed), bytes cut by ``keep``."""
-    from PIL import Image
-
-    data = root / "data"
-    png = data / "train" / "000000000001.png"
-    jpg = png.with_suffix(".jpg")
-    Image.open(png).convert("RGB").save(jpg, quality=90)
-    png.unlink()
-    jpg.write_bytes(keep(jpg.read_bytes()))
-    edit_json(
-        "lvis_synth_train.json",
-        lambda d: d["images"][0].update(
-            file_name="train/000000000001.jpg", coco_url="https://x.invalid/train/000000000001.jpg"
-        ),
-    )(root)
-    return jpg
 
 
 def drop_last_category(d: dict[str, Any]) -> None:
@@ -171,9 +118,6 @@ class Bad:
         return self.command
 
 
-RUN = ("run", "study.yaml", "--no-report")
-CHECK = ("validate", "study.yaml", "--check-data")
-RUN_CHECK = (*RUN, "--check-data")
 PWNED = "touch-proof"  # the file a !!python tag would create if it ran
 
 CASES: dict[str, Bad] = {
@@ -356,14 +300,6 @@ def ray_tmp() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("pristine")
-    ran = run_cli("data", "synth", "--out", "data", *SYNTH, cwd=root, timeout=300)
-    assert ran.rc == 0, ran.describe()
-    return root / "data"
-
-
 @dataclass(frozen=True)
 class Outcome:
     ran: Ran
@@ -454,94 +390,4 @@ def test_bad_input_is_refused_in_one_line(
         exit_code=ran.rc,
         stderr_lines=len(lines),
         seconds=round(out.seconds, 2),
-    )
-
-
-def data_project(tmp_path: Path, pristine: Path, text: str) -> Path:
-    root = tmp_path / "project"
-    shutil.copytree(pristine, root / "data")
-    (root / "study.yaml").write_text(text)
-    return root
-
-
-def own_ray_tmp(monkeypatch: pytest.MonkeyPatch) -> Path:
-    root = Path(tempfile.mkdtemp(prefix="ltrun", dir="/tmp"))
-    monkeypatch.setenv("RAY_TMPDIR", str(root))
-    return root
-
-
-@pytest.mark.slow
-def test_odd_but_valid_data_passes_the_check_and_trains(
-    tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from ltsearch.store import ResultStore
-
-    ray_tmp = own_ray_tmp(monkeypatch)
-    text = study("loss: {name: acsl, params: {xi: {grid: [0.3, 0.7]}}}", "loss: {name: ce}")
-    root = data_project(tmp_path, pristine, text)
-
-    def oddities(d: dict[str, Any]) -> None:
-        d["annotations"] = [a for a in d["annotations"] if a["image_id"] != 2]  # no annotations
-        d["annotations"][0]["bbox"] = [10.0, 10.0, 0.0, 5.0]  # zero area
-
-    edit_json("lvis_synth_train.json", oddities)(root)
-    ran = run_cli(*RUN_CHECK, cwd=root, timeout=600)
-    try:
-        assert ran.rc == 0, ran.describe()
-        assert "Traceback" not in ran.out + ran.err, ran.describe()
-        rows = ResultStore(root / "results" / "bad-input").load_trials()
-        assert len(rows) == 1 and (rows["status"] == "ok").all(), rows
-        # the Ray detector of the table works: a run that starts Ray leaves its folder there
-        assert (ray_tmp / "ray").is_dir(), os.listdir(ray_tmp)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    for case, injected in (
-        ("zero-area box", "an annotation with bbox [10, 10, 0, 5]"),
-        ("image without annotations", "every annotation of train image 2 removed"),
-    ):
-        records.record(
-            case=case,
-            group="bad input",
-            injected=f"{injected}; `ltsearch run --check-data`",
-            promised="valid oddity: passes --check-data and trains",
-            observed=f"exit 0, {len(rows)} row ok",
-            refused_cleanly=0,
-            trained=1,
-        )
-
-
-@pytest.mark.slow
-def test_an_image_damaged_past_its_header_fails_rows_naming_it(
-    tmp_path: Path, pristine: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The header reads (``--check-data`` passes); decoding in training fails. Every run
-    reads that image, so the study stops after ``max_failures: 2`` alike failures."""
-    from ltsearch.store import ResultStore
-
-    ray_tmp = own_ray_tmp(monkeypatch)
-    root = data_project(tmp_path, pristine, study("[0.3, 0.7]", "[0.1, 0.3, 0.5, 0.7]"))
-    jpg = to_jpeg(root, lambda b: b[: len(b) // 2])
-    try:
-        ran = run_cli(*RUN_CHECK, cwd=root, timeout=600)
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert ran.rc == 1, ran.describe()
-    assert "stopped: the first 2 trials failed with the same error" in ran.out, ran.describe()
-    rows = ResultStore(root / "results" / "bad-input").load_trials()
-    assert 1 <= len(rows) <= 3 and (rows["status"] == "failed").all(), rows
-    errors = rows["error"].astype(str)
-    assert errors.str.contains(str(jpg), regex=False).all(), errors.tolist()
-    assert errors.str.contains("cannot decode").all(), errors.tolist()
-    last = ran.out.strip().splitlines()[-1]
-    assert "failed" in last and "ltsearch status" in last, ran.describe()
-    records.record(
-        case="jpeg damaged past its header",
-        group="bad input",
-        injected="train image 1 a JPEG cut in half (header intact); `ltsearch run --check-data`",
-        promised="found in training: failed rows naming the file; a systematic error stops "
-        "the study after max_failures, exit 1",
-        observed=f"exit 1, {len(rows)} failed row(s) naming {jpg.name}, study stopped",
-        failed_rows=len(rows),
-        rows_naming_file=int(errors.str.contains(str(jpg), regex=False).sum()),
-        refused_cleanly=0,
     )
