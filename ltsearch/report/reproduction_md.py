@@ -254,6 +254,17 @@ def claim_md(study: Study, result: ClaimResult, link: str) -> str:
     return "\n\n".join(parts)
 
 
+def tally(summary: Sequence[Sequence[str]]) -> str:
+    """One line under the title: how many claims got each verdict."""
+    counts = Counter(row[2] for row in summary)
+    order = ("reproduced", "not reproduced", "inconclusive", "not run")
+    parts = [f"{counts.get(v, 0)} {v}" for v in order]
+    return (
+        f"**Verdicts of the {len(summary)} claims:** {', '.join(parts)} (the summary at the "
+        "end lists them)."
+    )
+
+
 def document(
     command: str,
     rule: str,
@@ -296,6 +307,7 @@ def document(
         "## Summary\n\n"
         + md_table(["claim", "study", "verdict", "comparisons reproduced (k/n)"], summary)
     )
+    parts.insert(2, tally(summary))
     return "\n\n".join(parts) + "\n"
 
 

@@ -293,6 +293,11 @@ def test_document(studies: tuple[Path, Path], tmp_path: Path) -> None:
     assert ["c2am-table4-margin", "c2am-table4-embedded", REPRODUCED, "1/1"] in summary
     assert ["rog-table1-gap", "rog-table1", "not run", "\u2014"] in summary
     assert len(summary) == len(all_claims()) == sum(len(c) for c in CLAIMS.values())
+    n = len(all_claims())
+    assert (
+        f"**Verdicts of the {n} claims:** 2 reproduced, 1 not reproduced, 1 inconclusive, "
+        f"{n - 4} not run" in text.split("## Verdict rule", 1)[0]
+    )
 
     again = write_reproduction([acsl, c2am], tmp_path / "REPRO.md").read_text()
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]  # the same but the command
