@@ -58,7 +58,7 @@ SHARED = {
 # roughly): handed out in this order, before every other unit
 LONG = {
     "faults-reference": 630,
-    "tests/faults/test_node_loss.py": 200,
+    "tests/faults/test_node_loss.py": 110,
     "tests/faults/test_bad_input.py": 70,
     "tests/faults/test_bad_data_runs.py": 60,
     "tests/bench/test_gpu_check.py": 125,
