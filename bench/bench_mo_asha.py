@@ -33,22 +33,28 @@ rungs are geometric from the first: give ones that are).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from mo_asha_replay import HEADER, ReplayRule, compare, load_full  # noqa: E402
+
 from ltmodels.trial.run import run_trial  # noqa: E402
 from ltsearch.report.pareto import hypervolume  # noqa: E402
 from ltsearch.report.tables import prepare_runs, summarize  # noqa: E402
 from ltsearch.run.driver import run_study  # noqa: E402
+from ltsearch.run.moasha import PROMOTIONS, promote  # noqa: E402
 from ltsearch.run.rung_scheduler import Rule  # noqa: E402
 from ltsearch.run.trainable import StudyContext, resolve_data, trial_config  # noqa: E402
 from ltsearch.rung_log import RUNG_KEY  # noqa: E402
@@ -136,6 +142,21 @@ def asha_rule(spec: StudySpec) -> Rule:
         return asha.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE  # type: ignore[arg-type]
 
     return rule
+
+
+def never_stop(spec: StudySpec) -> Rule:
+    """The full run's rule: every configuration goes on at every rung. It trains every
+    epoch as a study without early stopping does (a seed resumes bit-exactly from its rung
+    checkpoint), and its ``rungs.jsonl`` holds every configuration's values at every rung:
+    what :mod:`mo_asha_replay` replays other rules on."""
+
+    def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
+        return True
+
+    return rule
+
+
+RUNS = ("full", "mo-asha", "asha-apr")
 
 
 @dataclass
@@ -243,6 +264,15 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the three studies under this directory")
     parser.add_argument("--rungs", type=int, nargs="+", help="rung epochs instead of the size's")
     parser.add_argument("--reduction", type=int, help="reduction instead of the size's")
+    parser.add_argument(
+        "--orders",
+        type=int,
+        default=200,
+        help="arrival orders each rule is replayed on, from the full run's rung values",
+    )
+    parser.add_argument(
+        "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which runs (default: all)"
+    )
     args = parser.parse_args()
     # one thread, as each trial's worker has (Ray sets OMP_NUM_THREADS to its 1 CPU): the
     # pretraining and the calibration in this process do not compete with themselves
@@ -268,9 +298,10 @@ def main() -> None:
     )
     outcomes = []
     try:
-        for name, early, rule in (("full", False, None), ("mo-asha", True, None),
-                                  ("asha-apr", True, asha_rule)):  # fmt: skip
-            spec = make_spec(name, storage, size, early, weights)
+        for name, rule in (("full", never_stop), ("mo-asha", None), ("asha-apr", asha_rule)):
+            if name not in args.runs:
+                continue
+            spec = make_spec(name, storage, size, True, weights)
             t0 = time.perf_counter()
             run_study(spec, progress=False, rule=None if rule is None else rule(spec))
             outcomes.append(measure(name, spec, time.perf_counter() - t0))
@@ -278,7 +309,49 @@ def main() -> None:
     finally:
         if args.keep is None:
             shutil.rmtree(storage, ignore_errors=True)
-    report(outcomes, size, n_configs)
+    if outcomes:
+        report(outcomes, size, n_configs)
+    full_dir = make_spec("full", storage, size, True).study_dir
+    if args.orders > 0 and (full_dir / "rungs.jsonl").is_file():
+        replay_report(full_dir, size, args.orders)
+    elif args.keep is None or "full" not in args.runs:
+        print("no replay: it needs the full run's rung values (--keep DIR --runs full)")
+
+
+def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
+    """The rules replayed: both MO-ASHA promotions and Ray Tune's ASHA on AP_r (its own
+    code, a fresh scheduler per order)."""
+    early = spec.search.early_stopping
+    assert early is not None
+    directions = [o.direction for o in spec.search.parsed_objectives]
+
+    def pareto(promotion: str) -> Callable[[], ReplayRule]:
+        return lambda: lambda rung, v, rec: promote(rec, v, early.reduction, directions, promotion)
+
+    def asha() -> ReplayRule:
+        rule, ids = asha_rule(spec), itertools.count()
+        return lambda rung, v, rec: rule(SimpleNamespace(trial_id=str(next(ids))), rung, v, rec)
+
+    return {
+        **{f"MO-ASHA, promotion: {p}": pareto(p) for p in PROMOTIONS},
+        "ASHA on AP_r": asha,
+    }
+
+
+def replay_report(full_dir: Path, size: Size, orders: int) -> None:
+    spec = make_spec("full", full_dir.parent, size, True)
+    full = load_full(full_dir, OBJECTIVES, size.rungs, size.epochs)
+    slots = spec.resources.max_concurrent_trials
+    print(
+        f"\nreplayed on the full run's rung values ({full_dir}): the grid order and "
+        f"{orders - 1} random orders, {slots} trials at a time; epochs as a share of the "
+        f"full run's; targets: <= 33% of the epochs and >= 95% of the hypervolume"
+    )
+    print(HEADER)
+    for summary in compare(full, replay_rules(spec), orders, slots):
+        print(summary.line(len(full.front())))
+    front = sorted(full.front())
+    print(f"full-run front: {', '.join(full.labels[c] for c in front)}")
 
 
 if __name__ == "__main__":

@@ -105,8 +105,13 @@ def early_stopping_md(
         f"## Early stopping (MO-ASHA)\n\nRungs at epochs {early.rungs} of "
         f"{spec.training.epochs}, reduction {early.reduction}: at each rung a configuration "
         f"went on only if it was in the best 1/{early.reduction} of those that had reached "
-        f"it, by non-dominated sorting on ({', '.join(metrics)}), ties by crowding distance. "
-        "Values are means over seeds at the rung, in %."
+        f"it, by non-dominated sorting on ({', '.join(metrics)}), ties by crowding distance"
+        + (
+            ", or if no configuration at the rung beat it in every objective (promotion: front)"
+            if early.promotion == "front"
+            else ""
+        )
+        + ". Values are means over seeds at the rung, in %."
     ]
     if not runs.empty:
         parts.append(_epochs_line(spec, runs))

@@ -95,31 +95,52 @@ def kept(n: int, reduction: float) -> int:
     return math.ceil(n / reduction)
 
 
+PROMOTIONS = ("ranked", "front")
+"""The promotion rules: ``ranked`` keeps the first :func:`kept` points in
+:func:`promotion_order`; ``front`` also keeps every point on the rung's first front (the
+non-dominated points among those that reached it so far), however many there are."""
+
+
 def promote(
     records: Sequence[Sequence[float]],
     new: Sequence[float],
     reduction: float,
     directions: Sequence[str],
+    promotion: str = "ranked",
 ) -> bool:
     """Whether a trial that reached a rung with objective values ``new`` goes on.
 
-    It goes on iff it is among the first :func:`kept` of the points at the rung (the
-    ``records`` of the trials that reached it before, and itself) in
-    :func:`promotion_order`.
+    ``ranked``: it goes on iff it is among the first :func:`kept` of the points at the rung
+    (the ``records`` of the trials that reached it before, and itself) in
+    :func:`promotion_order`. ``front``: the same, or it is non-dominated among them (rank 1:
+    a point no other point at the rung beats in every objective is never stopped, so a
+    front's middle is not cut by crowding when the front outnumbers the quota).
 
     Args:
         records: ``[n, m]`` objective values recorded at this rung so far.
         new: ``[m]`` the trial's values at the rung.
         reduction: keep ``1/reduction`` of the trials (``>= 2`` in a study spec).
         directions: ``"max"``/``"min"`` per objective.
+        promotion: one of :data:`PROMOTIONS`.
     """
     if reduction <= 1:
         raise ValueError(f"reduction must be > 1, got {reduction}")
+    if promotion not in PROMOTIONS:
+        raise ValueError(f"promotion must be one of {PROMOTIONS}, got {promotion!r}")
     m = len(new)
     points = np.array([*[list(r) for r in records], list(new)], dtype=float).reshape(-1, m)
+    if promotion == "front" and nondominated_ranks(points, directions)[-1] == 1:
+        return True
     order = promotion_order(points, directions)
     position = int(np.flatnonzero(order == len(points) - 1)[0])
     return position < kept(len(points), reduction)
 
 
-__all__ = ["crowding_distance", "kept", "nondominated_ranks", "promote", "promotion_order"]
+__all__ = [
+    "PROMOTIONS",
+    "crowding_distance",
+    "kept",
+    "nondominated_ranks",
+    "promote",
+    "promotion_order",
+]

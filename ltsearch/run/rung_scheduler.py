@@ -50,13 +50,14 @@ at ``rung``, ``recorded`` those of the configurations decided at that rung befor
 
 
 def pareto_rule(spec: StudySpec) -> Rule:
-    """MO-ASHA: :func:`~ltsearch.run.moasha.promote` on the study's objectives."""
+    """MO-ASHA: :func:`~ltsearch.run.moasha.promote` on the study's objectives, with the
+    study's reduction and promotion rule."""
     assert spec.search.early_stopping is not None
-    reduction = spec.search.early_stopping.reduction
+    early = spec.search.early_stopping
     directions = [o.direction for o in spec.search.parsed_objectives]
 
     def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
-        return promote(recorded, values, reduction, directions)
+        return promote(recorded, values, early.reduction, directions, early.promotion)
 
     return rule
 

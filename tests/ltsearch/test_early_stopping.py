@@ -101,6 +101,7 @@ def _climb(spec: StudySpec, xi: float, runs: FakeRuns, report: Any) -> None:
         ({"rungs": [1, 4]}, {}, "rungs: the last rung 4 is past training.epochs 3"),
         ({"rungs": [1], "reduction": 1}, {}, "reduction: got 1; input should be greater"),
         ({"rungs": [1], "halving": 2}, {}, "halving: unknown key"),
+        ({"rungs": [1], "promotion": "best"}, {}, "promotion: got 'best'; input should be"),
         (
             {"rungs": [1]},
             {"schedule": "decoupled", "stage1": {}, "stage2": {}},
@@ -252,6 +253,20 @@ def test_scheduler_decides_by_pareto_rank_and_writes_stopped_rows(tmp_path: Path
     assert sorted(rows["seed"]) == [0, 1] and set(rows["status"]) == {"stopped"}
     assert set(rows["param.acsl.xi"]) == {0.2} and set(rows[RUNG_KEY]) == {1}
     assert len(ResultStore(spec.study_dir).load_epochs()) == 2  # one epoch per seed
+
+
+@pytest.mark.parametrize(("promotion", "middle"), [("ranked", STOP), ("front", CONTINUE)])
+def test_the_scheduler_applies_the_study_s_promotion(
+    tmp_path: Path, promotion: str, middle: str
+) -> None:
+    """Three trade-offs on one front, reduction 2 (2 of 3 go on): the crowded middle one
+    is stopped by ``ranked`` and kept by ``front``."""
+    spec = make_spec(tmp_path, {"rungs": [1, 2], "reduction": 2, "promotion": promotion})
+    spec.study_dir.mkdir(parents=True)
+    on = RungScheduler(spec, spec.study_dir).on_trial_result
+    assert on(None, _trial(0.1), _rung_result(spec, 0.1, 1, 0.10, 0.90)) == CONTINUE
+    assert on(None, _trial(0.2), _rung_result(spec, 0.2, 1, 0.90, 0.10)) == CONTINUE
+    assert on(None, _trial(0.3), _rung_result(spec, 0.3, 1, 0.45, 0.45)) == middle
 
 
 def test_decisions_outlive_the_driver(tmp_path: Path) -> None:

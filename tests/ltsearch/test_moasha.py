@@ -90,6 +90,28 @@ def test_rank_comes_before_crowding() -> None:
     assert not promote(front, [0.05, 0.05], 1.5, MAX2)
 
 
+def test_front_promotion_keeps_every_non_dominated_point_and_only_those_beyond_the_quota() -> None:
+    """Four points on one front, reduction 3: ``ranked`` keeps ceil(4/3) = 2 (the two
+    ends by crowding) and stops the crowded middle; ``front`` keeps it too. A dominated
+    newcomer is judged by the quota alone in both."""
+    front = [[0.1, 0.9], [0.5, 0.5], [0.9, 0.1]]
+    middle = [0.45, 0.55]  # on the front, crowded next to (0.5, 0.5)
+    assert not promote(front, middle, 3, MAX2)
+    assert promote(front, middle, 3, MAX2, "front")
+    # dominated by (0.5, 0.5): not on the front, and outside the quota of 2 of 4
+    assert not promote(front, [0.4, 0.4], 3, MAX2, "front")
+    # dominated, but within the quota (2nd of ceil(3/2) = 2): goes on in both rules
+    assert promote([[0.5, 0.5], [0.1, 0.1]], [0.4, 0.4], 2, MAX2, "front")
+    assert promote([[0.5, 0.5], [0.1, 0.1]], [0.4, 0.4], 2, MAX2)
+    # a NaN newcomer is never on the front once a complete point is recorded
+    assert not promote(front, [np.nan, 0.95], 3, MAX2, "front")
+
+
+def test_an_unknown_promotion_is_refused() -> None:
+    with pytest.raises(ValueError, match="promotion"):
+        promote([], [0.1], 3, ["max"], "hypervolume")
+
+
 def test_a_reduction_of_one_or_less_is_refused() -> None:
     with pytest.raises(ValueError, match="reduction"):
         promote([], [0.1], 1, ["max"])

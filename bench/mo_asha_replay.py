@@ -1,0 +1,190 @@
+"""Early-stopping rules replayed on a full run's rung values, over many arrival orders.
+
+One real run per rule says little: which configurations reach a rung first decides what
+an asynchronous rule compares them with, and the bench's single grid order is one draw.
+Runs are deterministic per (configuration, seed), so the full run of
+:mod:`bench_mo_asha` (every configuration trained to the end, evaluated at every rung,
+nobody stopped: its ``rungs.jsonl`` holds each configuration's objectives at each rung)
+determines what any rule would see at any rung in any order. This module replays a rule on
+those values:
+
+- ``slots`` trials at a time (the study's concurrency); a configuration trains each seed in
+  turn to a rung (``seeds x epochs`` time units), is decided against the configurations
+  decided at that rung before it (asynchronous, as :class:`~ltsearch.run.rung_scheduler.
+  RungScheduler`), and frees its slot when stopped or finished; the next configuration of
+  the order starts then;
+- per order: epochs trained (configuration x seed), the hypervolume of the front of the
+  configurations trained to the end (their final means over seeds, reference (0, 0)) as a
+  share of the full run's, and how many of the full run's front members were kept.
+
+Time is counted in epochs only (a rung evaluation is not): a real run's wall time also has
+evaluations and start-ups, so the replay ranks rules by epochs and hypervolume, not by
+seconds. A rule is ``rule(rung, values, recorded) -> goes on`` with a fresh state per order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ltsearch.report.pareto import hypervolume, pareto_rank
+from ltsearch.report.tables import prepare_runs, summarize
+from ltsearch.rung_log import read_log
+from ltsearch.spec.sections import Objective
+from ltsearch.store import ResultStore
+
+ReplayRule = Callable[[int, list[float], list[list[float]]], bool]
+
+
+@dataclass(frozen=True)
+class FullRun:
+    """What a full run determines: per configuration (grid order), its rung values, final
+    means and label; the run's epochs, rungs and seeds."""
+
+    configs: list[str]  # configuration hashes
+    labels: dict[str, str]
+    rung_values: dict[tuple[str, int], list[float]]
+    final: dict[str, list[float]]
+    epochs: int
+    rungs: list[int]
+    n_seeds: int
+    directions: list[str]
+
+    def hv(self, trained: Sequence[str]) -> float:
+        pts = np.array([self.final[c] for c in trained], dtype=float).reshape(-1, 2)
+        return hypervolume(pts, self.directions, [0.0] * len(self.directions))
+
+    def front(self) -> set[str]:
+        pts = np.array([self.final[c] for c in self.configs], dtype=float)
+        ranks = pareto_rank(pts, self.directions)
+        return {c for c, r in zip(self.configs, ranks, strict=True) if r == 1}
+
+
+def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[int],
+              epochs: int) -> FullRun:  # fmt: skip
+    """Read a full run (nobody stopped) of :mod:`bench_mo_asha`."""
+    records = read_log(study_dir)
+    runs = ResultStore(study_dir).load_trials()
+    if (runs["status"] != "ok").any():
+        raise ValueError(f"{study_dir}: the full run has rows that are not ok")
+    seeds = int(runs["seed"].nunique())
+    runs, _ = prepare_runs(runs)
+    metrics = [o.metric for o in objectives]
+    table = summarize(runs, list(objectives), metrics).configs
+    final = {
+        str(h): [float(table.loc[i, f"{m}.mean"]) for m in metrics]
+        for i, h in zip(table.index, table["config_hash"], strict=True)
+    }
+    labels = dict(zip(table["config_hash"].astype(str), table["label"], strict=True))
+    values = {(r.config_hash, r.rung): list(r.values) for r in records}
+    configs = list(dict.fromkeys(r.config_hash for r in records if r.rung == rungs[0]))
+    missing = [(c, r) for c in configs for r in rungs if (c, r) not in values]
+    if missing or set(configs) != set(final):
+        raise ValueError(f"{study_dir}: not a full run with every rung recorded ({missing[:3]})")
+    return FullRun(configs, labels, values, final, epochs, list(rungs), seeds,
+                   [o.direction for o in objectives])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Replay:
+    epochs: int
+    trained: list[str]
+    hv_share: float
+    front_kept: int
+
+
+def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) -> Replay:
+    """One asynchronous run of ``rule`` with configurations started in ``order``."""
+    milestones = [r for r in full.rungs if r < full.epochs] + [full.epochs]
+    events: list[tuple[float, int, str, int]] = []  # (time, tie, config, milestone index)
+    queue = list(order)
+    tie = 0
+
+    def start(at: float) -> None:
+        nonlocal tie
+        if queue:
+            c = queue.pop(0)
+            heapq.heappush(events, (at + full.n_seeds * milestones[0], tie, c, 0))
+            tie += 1
+
+    for _ in range(slots):
+        start(0.0)
+    recorded: dict[int, list[list[float]]] = {r: [] for r in milestones[:-1]}
+    epochs, trained = 0, []
+    while events:
+        t, _, c, i = heapq.heappop(events)
+        rung = milestones[i]
+        if i == len(milestones) - 1:
+            epochs += full.n_seeds * rung
+            trained.append(c)
+            start(t)
+            continue
+        values = full.rung_values[(c, rung)]
+        go_on = rule(rung, values, recorded[rung])
+        recorded[rung].append(values)
+        if go_on:
+            step = milestones[i + 1] - rung
+            heapq.heappush(events, (t + full.n_seeds * step, tie, c, i + 1))
+            tie += 1
+        else:
+            epochs += full.n_seeds * rung
+            start(t)
+    total = full.hv(full.configs)
+    share = full.hv(trained) / total if total > 0 else math.nan
+    return Replay(epochs, trained, share, len(full.front() & set(trained)))
+
+
+@dataclass(frozen=True)
+class Summary:
+    name: str
+    epoch_share: np.ndarray  # per order
+    hv_share: np.ndarray
+    front_kept: np.ndarray
+
+    def line(self, n_front: int) -> str:
+        e, h = self.epoch_share, self.hv_share
+        ok = np.mean((e <= 1 / 3 + 1e-9) & (h >= 0.95))
+        return (
+            f"| {self.name} | {100 * e.mean():.0f}% ({100 * e.min():.0f}-{100 * e.max():.0f}) "
+            f"| {100 * h.mean():.1f}% | {100 * np.percentile(h, 10):.1f}% "
+            f"| {100 * np.mean(h >= 0.95):.0f}% | {self.front_kept.mean():.2f} of {n_front} "
+            f"| {100 * ok:.0f}% |"
+        )
+
+
+def compare(full: FullRun, rules: dict[str, Callable[[], ReplayRule]], orders: int,
+            slots: int, seed: int = 0) -> list[Summary]:  # fmt: skip
+    """Each rule on the grid order and ``orders - 1`` random permutations of it (the same
+    permutations for every rule)."""
+    rng = np.random.default_rng(seed)
+    perms = [list(full.configs)] + [
+        [full.configs[i] for i in rng.permutation(len(full.configs))] for _ in range(orders - 1)
+    ]
+    full_epochs = len(full.configs) * full.n_seeds * full.epochs
+    out = []
+    for name, make in rules.items():
+        runs = [replay(full, p, make(), slots) for p in perms]
+        out.append(
+            Summary(
+                name,
+                np.array([r.epochs / full_epochs for r in runs]),
+                np.array([r.hv_share for r in runs]),
+                np.array([r.front_kept for r in runs]),
+            )
+        )
+    return out
+
+
+HEADER = (
+    "| rule | epochs, mean (min-max) | hypervolume share, mean | 10th percentile | orders "
+    ">= 95% | full-front members kept | orders meeting both targets |\n"
+    "|---|---|---|---|---|---|---|"
+)
+
+__all__ = ["HEADER", "FullRun", "Replay", "ReplayRule", "Summary", "compare", "load_full",
+           "replay"]  # fmt: skip

@@ -1,0 +1,81 @@
+"""``bench/mo_asha_replay.py``: rules replayed on hand-made rung values, counted by hand."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from mo_asha_replay import FullRun, compare, replay  # noqa: E402
+
+from ltsearch.run.moasha import promote  # noqa: E402
+
+MAX2 = ["max", "max"]
+
+
+def _full() -> FullRun:
+    """Three configurations, 2 seeds, 9 epochs, rungs [1, 3]. At the end ``a`` and ``c``
+    are the front (hypervolume against (0, 0): 0.5 x 0.9 + 0.4 x 0.1 = 0.49); ``b`` is
+    dominated by ``a``. At rung 1, ``b`` looks best in both objectives."""
+    rung = {
+        ("a", 1): [0.2, 0.2], ("b", 1): [0.3, 0.3], ("c", 1): [0.1, 0.1],
+        ("a", 3): [0.4, 0.4], ("b", 3): [0.3, 0.3], ("c", 3): [0.5, 0.1],
+    }  # fmt: skip
+    final = {"a": [0.5, 0.9], "b": [0.4, 0.8], "c": [0.9, 0.1]}
+    return FullRun(["a", "b", "c"], {c: c for c in "abc"}, rung, final, 9, [1, 3], 2, MAX2)
+
+
+def test_a_rule_that_never_stops_trains_every_epoch_and_keeps_the_whole_front() -> None:
+    full = _full()
+    got = replay(full, ["a", "b", "c"], lambda rung, v, rec: True, slots=1)
+    assert got.epochs == 3 * 2 * 9 and sorted(got.trained) == ["a", "b", "c"]
+    assert got.hv_share == pytest.approx(1.0) and got.front_kept == 2
+    assert full.front() == {"a", "c"}
+    assert full.hv(["a", "c"]) == pytest.approx(0.5 * 0.9 + 0.4 * 0.1)
+
+
+def test_one_slot_decides_in_order_and_counts_the_epochs_of_stopped_configurations() -> None:
+    """ASHA-like on AP_r, one at a time: ``a`` is first at each rung (goes on); ``b`` beats
+    ``a`` at rung 1 and goes on, then loses to ``a`` at rung 3 with a quota of 1 of 2;
+    ``c`` is last of three at rung 1."""
+    full = _full()
+
+    def best_half_on_apr(rung: int, v: list[float], rec: list[list[float]]) -> bool:
+        return promote([r[:1] for r in rec], v[:1], 2, ["max"])
+
+    got = replay(full, ["a", "b", "c"], best_half_on_apr, slots=1)
+    assert got.trained == ["a"]
+    # a: 9 epochs x 2 seeds; b: stopped at rung 3; c: stopped at rung 1
+    assert got.epochs == 2 * 9 + 2 * 3 + 2 * 1
+    assert got.hv_share == pytest.approx(0.45 / 0.49) and got.front_kept == 1
+
+
+def test_two_slots_interleave_rungs_by_time() -> None:
+    """With two slots ``a`` and ``b`` reach rung 1 at the same time (a first, by start);
+    ``c`` starts when the first of them stops, so it meets both records at rung 1."""
+    full = _full()
+    seen: list[tuple[int, list[float], int]] = []
+
+    def log(rung: int, v: list[float], rec: list[list[float]]) -> bool:
+        seen.append((rung, v, len(rec)))
+        return rung == 1 and v[0] >= 0.2  # a and b pass rung 1; everyone stops at rung 3
+
+    got = replay(full, ["a", "b", "c"], log, slots=2)
+    assert [(r, n) for r, _, n in seen] == [(1, 0), (1, 1), (3, 0), (3, 1), (1, 2)]
+    assert got.trained == [] and got.epochs == 2 * 3 + 2 * 3 + 2 * 1
+    assert got.hv_share == 0.0
+
+
+def test_compare_replays_every_rule_on_the_same_orders() -> None:
+    full = _full()
+    rules = {"all": lambda: lambda r, v, rec: True, "none": lambda: lambda r, v, rec: False}
+    got = {s.name: s for s in compare(full, rules, orders=5, slots=2)}
+    assert np.allclose(got["all"].epoch_share, 1.0) and np.allclose(got["all"].hv_share, 1.0)
+    assert np.allclose(got["none"].epoch_share, 2 / 18) and np.allclose(got["none"].hv_share, 0)
+    assert "| all | 100% (100-100) | 100.0% | 100.0% | 100% | 2.00 of 2 | 0% |" == got["all"].line(
+        2
+    )
