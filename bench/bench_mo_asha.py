@@ -3,7 +3,9 @@
 One end-to-end study of the embedded synthetic data (tiny backbone, 64 px, masks off) runs
 three times through :func:`ltsearch.run.driver.run_study`, as ``ltsearch run`` runs it:
 
-- ``full``: every configuration trains all its epochs (no ``search.early_stopping``);
+- ``full``: every configuration trains all its epochs, evaluated at every rung by a rule
+  that never stops (:func:`never_stop`), so its ``rungs.jsonl`` holds every configuration's
+  values at every rung;
 - ``mo-asha``: ``search.early_stopping`` (this project's scheduler: promotion by
   non-dominated sorting on (AP_r, AP_f), crowding distance within a rank);
 - ``asha``: the same rungs and reduction, decided by Ray Tune's own
@@ -14,6 +16,12 @@ from ImageNet weights: a CE detector trained first on a different synthetic data
 seed 1, 480 images: :func:`pretrain`), whose backbone is ``model.backbone_weights``. From
 scratch, one epoch of 120 images leaves every AP below 0.05 % and a first rung orders noise
 (BENCHMARKS.md keeps that record); batches of 2 give 60 steps per epoch.
+
+Then each rule (both promotions of ``search.early_stopping`` and ASHA on AP_r) is replayed
+on the full run's rung values over ``--orders`` arrival orders (:mod:`mo_asha_replay`): one
+real run per rule is one draw of the order in which configurations reach the rungs, the
+replay gives each rule's spread over many. ``--runs full --orders 500`` measures the replay
+alone.
 
 The configurations are a grid over three losses (ACSL, Seesaw, EQLv2), asked in the same
 order in every run, so a configuration trained to the end has the same metrics in each
@@ -28,6 +36,7 @@ minutes on 2 cores; the estimate is printed first). ``--quick``: 6 configuration
 rungs are geometric from the first: give ones that are).
 
     .venv/bin/python bench/bench_mo_asha.py [--quick] [--keep DIR] [--rungs 3 ...] [--reduction 3]
+        [--runs full mo-asha asha-apr] [--orders 200]
 """
 
 from __future__ import annotations
@@ -96,7 +105,13 @@ QUICK = Size(QUICK_LOSSES, [0], 3, [1], 3)
 
 
 def make_spec(
-    name: str, storage: Path, size: Size, early: bool, weights: Path | None = None
+    name: str,
+    storage: Path,
+    size: Size,
+    early: bool,
+    weights: Path | None = None,
+    promotion: str = "ranked",
+    rungs: list[int] | None = None,
 ) -> StudySpec:
     search: dict[str, Any] = {
         "sampler": "grid",
@@ -104,7 +119,11 @@ def make_spec(
         "seeds": size.seeds,
     }
     if early:
-        search["early_stopping"] = {"rungs": size.rungs, "reduction": size.reduction}
+        search["early_stopping"] = {
+            "rungs": rungs or size.rungs,
+            "reduction": size.reduction,
+            "promotion": promotion,
+        }
     return spec_from_dict(
         {
             "name": name,
@@ -144,11 +163,16 @@ def asha_rule(spec: StudySpec) -> Rule:
     return rule
 
 
+def every_epoch(size: Size) -> list[int]:
+    """The full run's rungs: every epoch before the last."""
+    return list(range(1, size.epochs))
+
+
 def never_stop(spec: StudySpec) -> Rule:
-    """The full run's rule: every configuration goes on at every rung. It trains every
-    epoch as a study without early stopping does (a seed resumes bit-exactly from its rung
-    checkpoint), and its ``rungs.jsonl`` holds every configuration's values at every rung:
-    what :mod:`mo_asha_replay` replays other rules on."""
+    """The full run's rule: every configuration goes on at every rung (:func:`every_epoch`).
+    It trains every epoch as a study without early stopping does (a seed resumes bit-exactly
+    from its rung checkpoint), and its ``rungs.jsonl`` holds every configuration's values at
+    every epoch: what :mod:`mo_asha_replay` replays any rungs and rule on."""
 
     def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
         return True
@@ -265,6 +289,12 @@ def main() -> None:
     parser.add_argument("--rungs", type=int, nargs="+", help="rung epochs instead of the size's")
     parser.add_argument("--reduction", type=int, help="reduction instead of the size's")
     parser.add_argument(
+        "--promotion",
+        choices=PROMOTIONS,
+        default="ranked",
+        help="search.early_stopping.promotion of the mo-asha run",
+    )
+    parser.add_argument(
         "--orders",
         type=int,
         default=200,
@@ -301,21 +331,28 @@ def main() -> None:
         for name, rule in (("full", never_stop), ("mo-asha", None), ("asha-apr", asha_rule)):
             if name not in args.runs:
                 continue
-            spec = make_spec(name, storage, size, True, weights)
+            promotion = args.promotion if name == "mo-asha" else "ranked"
+            label = f"{name}-front" if promotion == "front" else name
+            rungs = every_epoch(size) if name == "full" else None
+            spec = make_spec(label, storage, size, True, weights, promotion, rungs)
             t0 = time.perf_counter()
             run_study(spec, progress=False, rule=None if rule is None else rule(spec))
-            outcomes.append(measure(name, spec, time.perf_counter() - t0))
-            print(f"{name}: {outcomes[-1].epochs} epochs, {outcomes[-1].wall_s:.0f} s", flush=True)
+            outcomes.append(measure(label, spec, time.perf_counter() - t0))
+            o = outcomes[-1]
+            print(f"{label}: {o.epochs} epochs, {o.wall_s:.0f} s", flush=True)
+        full_spec = make_spec("full", storage, size, True, rungs=every_epoch(size))
+        full_dir = full_spec.study_dir
+        if outcomes and outcomes[0].name != "full" and (full_dir / "trials").is_dir():
+            outcomes.insert(0, measure("full", full_spec, float("nan")))  # an earlier run's
+        if outcomes and outcomes[0].name == "full":
+            report(outcomes, size, n_configs)
+        if args.orders > 0 and (full_dir / "rungs.jsonl").is_file():
+            replay_report(full_dir, size, args.orders)
+        elif args.orders > 0:
+            print("no replay: it needs the full run's rung values (--runs full)")
     finally:
         if args.keep is None:
             shutil.rmtree(storage, ignore_errors=True)
-    if outcomes:
-        report(outcomes, size, n_configs)
-    full_dir = make_spec("full", storage, size, True).study_dir
-    if args.orders > 0 and (full_dir / "rungs.jsonl").is_file():
-        replay_report(full_dir, size, args.orders)
-    elif args.keep is None or "full" not in args.runs:
-        print("no replay: it needs the full run's rung values (--keep DIR --runs full)")
 
 
 def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
@@ -338,20 +375,41 @@ def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
     }
 
 
+def geometric_rungs(first: int, reduction: int, epochs: int) -> list[int]:
+    """ASHA's rungs: ``first * reduction**k`` below ``epochs``."""
+    out = []
+    r = first
+    while r < epochs:
+        out.append(r)
+        r *= reduction
+    return out
+
+
 def replay_report(full_dir: Path, size: Size, orders: int) -> None:
-    spec = make_spec("full", full_dir.parent, size, True)
-    full = load_full(full_dir, OBJECTIVES, size.rungs, size.epochs)
-    slots = spec.resources.max_concurrent_trials
+    """Every rule on the size's rungs and reduction, then on a grid of first rungs and
+    reductions (geometric rungs, as ASHA's), each over the same ``orders`` arrival orders."""
+    settings = [(size.rungs, size.reduction)]
+    for first in (1, 2, 3):
+        for reduction in (2, 3, 4):
+            rungs = geometric_rungs(first, reduction, size.epochs)
+            if rungs and (rungs, reduction) not in settings:
+                settings.append((rungs, reduction))
     print(
-        f"\nreplayed on the full run's rung values ({full_dir}): the grid order and "
-        f"{orders - 1} random orders, {slots} trials at a time; epochs as a share of the "
-        f"full run's; targets: <= 33% of the epochs and >= 95% of the hypervolume"
+        f"\nreplayed on the full run's values at every epoch ({full_dir}): the grid order and "
+        f"{orders - 1} random orders (the same for every rule); epochs as a share of the full "
+        "run's; targets: <= 33% of the epochs and >= 95% of the hypervolume"
     )
-    print(HEADER)
-    for summary in compare(full, replay_rules(spec), orders, slots):
-        print(summary.line(len(full.front())))
+    for rungs, reduction in settings:
+        setting = replace(size, rungs=rungs, reduction=reduction)
+        spec = make_spec("full", full_dir.parent, setting, True)
+        full = load_full(full_dir, OBJECTIVES, rungs, size.epochs)
+        slots = spec.resources.max_concurrent_trials
+        print(f"\nrungs {rungs}, reduction {reduction}, {slots} trial(s) at a time")
+        print(HEADER)
+        for summary in compare(full, replay_rules(spec), orders, slots):
+            print(summary.line(len(full.front())))
     front = sorted(full.front())
-    print(f"full-run front: {', '.join(full.labels[c] for c in front)}")
+    print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def train_pack(
     *,
     epochs: int,
     batch_images: int,
+    iterations: int | None = None,
     rois_per_image: int = 512,
     positive_fraction: float = 0.25,
     seed: int = 0,
@@ -139,6 +140,8 @@ def train_pack(
         epochs: passes over the training images; an epoch has ``ceil(n / batch_images)``
             iterations.
         batch_images: B, images per iteration.
+        iterations: an iteration budget instead of ``epochs``: as many epochs as it takes,
+            the last one cut at the budget (the schedule spans the budget).
         rois_per_image, positive_fraction: torchvision's RoI sampling.
         isolate_failures: a member whose step raises keeps the exception (``error``) and
             stops while the others go on; ``False`` raises it.
@@ -150,7 +153,10 @@ def train_pack(
     """
     device = torch.device(device)
     n = cache.num_train_images
-    total_iters = max(1, epochs * math.ceil(n / batch_images))
+    per_epoch = max(1, math.ceil(n / batch_images))
+    if iterations is not None:
+        epochs = math.ceil(iterations / per_epoch)
+    total_iters = max(1, epochs * per_epoch if iterations is None else iterations)
     for m in members:
         if len(members) > 1:  # else a member alone may use the global RNG
             m.own_rng()
@@ -163,7 +169,7 @@ def train_pack(
         start = time.perf_counter()
         order = rng.permutation(n)
         for it, i in enumerate(range(0, n, batch_images)):
-            if not any(m.active for m in members):
+            if not any(m.active for m in members) or epoch * per_epoch + it >= total_iters:
                 break
             t0 = time.perf_counter()
             rows = sample_batch(cache, order[i : i + batch_images], rng, **sampling)

@@ -167,8 +167,10 @@ def train_one_epoch(
     max_norm: float | None = None,
     log_every: int = 50,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    max_steps: int | None = None,
 ) -> dict[str, float]:
-    """Train one pass over ``loader`` (the scheduler steps every iteration).
+    """Train one pass over ``loader`` (the scheduler steps every iteration), or its first
+    ``max_steps`` iterations (the last epoch of an iteration budget).
 
     Mixed precision (``torch.autocast``) is on when a ``scaler`` is given and the device is
     CUDA. The sampler's ``set_epoch(epoch)`` is called when it has one.
@@ -192,6 +194,8 @@ def train_one_epoch(
     images_seen = iterations = 0
     start = time.perf_counter()
     for it, batch in enumerate(loader):
+        if max_steps is not None and it >= max_steps:
+            break
         images, targets = _to_device(batch, device)
         with torch.autocast(device.type, enabled=amp):
             terms = model(images, targets)

@@ -21,6 +21,7 @@ Schedules:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -53,6 +54,9 @@ class StageConfig:
         lr_milestones: epochs (increasing, below ``epochs``) at whose end the lr is
             multiplied by 0.1; ``None``: at 2/3 and 8/9 of the iterations (the engine's
             default); ``()``: no decay. See :meth:`milestone_fractions`.
+        iterations: the stage's length in optimizer steps instead of ``epochs`` (a
+            detectron2-style budget, e.g. 90k): it trains whole epochs and cuts the last
+            one at the budget; ``lr_milestones`` are then iterations. ``None``: epochs.
     """
 
     loss: str = "ce"
@@ -70,13 +74,24 @@ class StageConfig:
     use_feature_cache: bool = False
     seed: int = 0
     lr_milestones: tuple[float, ...] | None = None
+    iterations: int | None = None
 
     def milestone_fractions(self) -> tuple[float, ...] | None:
         """``lr_milestones`` as fractions of the stage's iterations (what
         ``ltmodels.engine.train.WarmupMultiStepLR`` takes); ``None`` when unset."""
         if self.lr_milestones is None:
             return None
-        return tuple(m / self.epochs for m in self.lr_milestones)
+        length = self.epochs if self.iterations is None else self.iterations
+        return tuple(m / length for m in self.lr_milestones)
+
+    def budget(self, steps_per_epoch: int) -> tuple[int, int]:
+        """``(epochs, iterations)`` this stage trains with ``steps_per_epoch`` iterations an
+        epoch: ``epochs`` whole epochs, or under an iteration budget as many epochs as it
+        takes, the last one cut short."""
+        steps = max(1, steps_per_epoch)
+        if self.iterations is None:
+            return self.epochs, self.epochs * steps
+        return math.ceil(self.iterations / steps), self.iterations
 
 
 @dataclass(frozen=True)
@@ -137,10 +152,12 @@ class TrialResult:
 
 def stage_key_fields(stage: StageConfig) -> dict[str, Any]:
     """A stage's fields for the keys that name cached work (stage 1's cache, packs): an
-    unset ``lr_milestones`` is left out, so the keys made before it existed stay valid."""
+    unset ``lr_milestones`` or ``iterations`` is left out, so the keys made before they
+    existed stay valid."""
     out = asdict(stage)
-    if out["lr_milestones"] is None:
-        del out["lr_milestones"]
+    for late in ("lr_milestones", "iterations"):
+        if out[late] is None:
+            del out[late]
     return out
 
 

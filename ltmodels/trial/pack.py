@@ -169,6 +169,7 @@ def _train_and_evaluate(
             cache,
             epochs=first.train.epochs,
             batch_images=first.train.batch_size,
+            iterations=first.train.iterations,
             rois_per_image=spec.box_batch_size_per_image,
             positive_fraction=spec.box_positive_fraction,
             seed=first.seed,

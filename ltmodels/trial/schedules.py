@@ -179,12 +179,14 @@ def _train_stage1(
     loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
     log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
 
+    n_epochs = stage.budget(len(loader))[0]
+
     def progress(epoch: int, stats: dict[str, float], _ckpt: Path) -> None:
         log.info(
             "stage 1 (%s): epoch %d/%d, loss %.3f, %.0f s",
             stage.loss,
             epoch + 1,
-            stage.epochs,
+            n_epochs,
             stats["loss"],
             stats["seconds"],
         )
@@ -197,7 +199,7 @@ def _train_stage1(
         (final.parent / "stage1.json").write_text(
             json.dumps({"stage1": asdict(stage), "model": asdict(spec)}, default=str)
         )
-        save_checkpoint(final, model=model, epoch=stage.epochs, extra={"key": key})
+        save_checkpoint(final, model=model, epoch=n_epochs, extra={"key": key})
 
 
 def stage2_model(

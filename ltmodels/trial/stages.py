@@ -149,22 +149,25 @@ def train_stage(
     on_epoch: EpochCallback | None = None,
     stop_at: int | None = None,
 ) -> list[dict[str, float]]:
-    """Train ``stage.epochs`` epochs, checkpointing each; resume from ``ckpt_path`` if a
-    checkpoint of this stage is there (exact: optimizer, scheduler, RNG states).
+    """Train ``stage.epochs`` epochs (or ``stage.iterations`` steps, the last epoch cut at
+    the budget), checkpointing each epoch; resume from ``ckpt_path`` if a checkpoint of this
+    stage is there (exact: optimizer, scheduler, RNG states).
 
-    ``stop_at``: return after that epoch instead (the schedule still spans
-    ``stage.epochs``), so that a later call goes on exactly as one uninterrupted run.
+    ``stop_at``: return after that epoch instead (the schedule still spans the whole
+    stage), so that a later call goes on exactly as one uninterrupted run.
 
     Raises:
         RuntimeError: the checkpoint is already past ``stop_at`` (the model could not be
             the one of epoch ``stop_at``).
     """
-    end = stage.epochs if stop_at is None else min(stop_at, stage.epochs)
+    # under RFS an epoch's length varies: an iteration budget is counted in steps taken
+    n_epochs, total = stage.budget(len(loader))
+    end = n_epochs if stop_at is None else min(stop_at, n_epochs)
     ddp = wrap_ddp(model, device)
     optimizer = build_optimizer(
         model, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
     )
-    total = max(1, stage.epochs * len(loader))
+    total = max(1, total)
     fractions = stage.milestone_fractions()
     decay = {} if fractions is None else {"milestones": fractions}
     scheduler = WarmupMultiStepLR(
@@ -183,7 +186,8 @@ def train_stage(
         log.info("resumed %s at epoch %d", ckpt_path, start)
     if start > end:
         raise RuntimeError(f"{ckpt_path} is at epoch {start}, past the epoch {end} asked for")
-    for epoch in range(start, end):
+    epoch = start
+    while _more(stage, epoch, end, stop_at, scheduler.last_epoch, total):
         stats = train_one_epoch(
             ddp,
             optimizer,
@@ -193,6 +197,7 @@ def train_stage(
             epoch=epoch,
             scaler=scaler,
             max_norm=stage.max_norm,
+            max_steps=None if stage.iterations is None else total - scheduler.last_epoch,
         )
         history.append({"epoch": float(epoch), **stats})
         if dist_utils.rank() == 0:
@@ -206,10 +211,21 @@ def train_stage(
                 extra={"history": history},
             )
         _save_worker_rng(ckpt_path, epoch + 1)
-        phases.epoch_done(epoch + 1, stage.epochs)
+        phases.epoch_done(epoch + 1, n_epochs)
         if on_epoch is not None:
             on_epoch(epoch, stats, ckpt_path.parent)
+        epoch += 1
     return history
+
+
+def _more(
+    stage: StageConfig, epoch: int, end: int, stop_at: int | None, steps: int, total: int
+) -> bool:
+    """Whether another epoch trains: below ``end`` epochs; under an iteration budget, while
+    steps are left (however many epochs that takes) and before ``stop_at``."""
+    if stage.iterations is None:
+        return epoch < end
+    return steps < total and (stop_at is None or epoch < stop_at)
 
 
 def _worker_rng_path(ckpt_path: Path, rank: int) -> Path:

@@ -67,7 +67,7 @@ from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec
 from ltsearch.study_dir import SPEC_FILE, check_storage, load_study_dir
 from ltsearch.tracking import Tracker, open_tracker
-from ltsearch.tracking.spec_file import record_tracking, same_study
+from ltsearch.tracking.spec_file import record_descriptive, same_study
 
 TUNE_DIR = "tune"
 
@@ -168,7 +168,7 @@ def run_study(
         _drop_temporaries(study_dir)
         clear_phase_files(study_dir)
         reconcile_journal(spec, study_dir)  # damaged parts: one line; lost journal: rebuilt
-        record_tracking(spec, study_dir)  # resume and report log where this run logs
+        record_descriptive(spec, study_dir)  # resume and report log where this run logs
         storage = journal_storage(study_dir)
         plan = plan_study(spec, storage)
         if tracker is not None:

@@ -29,8 +29,9 @@ PosInt = Annotated[Int, Field(gt=0)]
 
 class EarlyStopping(Strict):
     """Rungs (epochs, strictly increasing), the reduction factor (``1/reduction`` of the
-    configurations at a rung go on) and the promotion rule (:data:`~ltsearch.run.moasha.
-    PROMOTIONS`)."""
+    configurations at a rung go on) and the promotion rule: ``ranked`` keeps that quota by
+    non-dominated rank and crowding distance, ``front`` also every point of the rung's first
+    front."""
 
     rungs: list[PosInt] = Field(min_length=1)
     reduction: Annotated[Int, Field(ge=2)] = 3
@@ -53,14 +54,23 @@ class EarlyStopping(Strict):
         return [r for r in self.rungs if r < epochs]
 
 
-def check_early_stopping(early: EarlyStopping | None, schedule: str, epochs: int) -> None:
+def check_early_stopping(
+    early: EarlyStopping | None, schedule: str, epochs: int, iterations: int | None = None
+) -> None:
     """The checks that need the training section (called by the study's cross-checks).
 
     Raises:
-        SpecError: early stopping under a decoupled schedule, or a rung past the epochs.
+        SpecError: early stopping under a decoupled schedule or an iteration budget, or a
+            rung past the epochs.
     """
     if early is None:
         return
+    if iterations is not None:
+        raise SpecError(
+            f"rungs are epochs, but training gives iterations ({iterations}); give "
+            "training.epochs instead, or remove early_stopping",
+            path=["search", "early_stopping"],
+        )
     if schedule != "end_to_end":
         raise SpecError(
             "applies to training.schedule: end_to_end only (a decoupled trial's stage 2 is "

@@ -88,9 +88,11 @@ def smoked_raw(spec: StudySpec) -> dict[str, Any]:
     model = {k: v for k, v in raw.get("model", {}).items() if k in SMOKE_MODEL_KEEP}
     raw["model"] = {**model, "backbone": "tiny"}
     for raw_stage, stage in _stages(spec, raw):
+        length = stage.length()[0]
+        raw_stage.pop("iterations", None)
         raw_stage["epochs"] = 1
         if stage.lr_milestones:  # the same decay points, as fractions of the one epoch
-            raw_stage["lr_milestones"] = [m / stage.epochs for m in stage.lr_milestones]
+            raw_stage["lr_milestones"] = [m / length for m in stage.lr_milestones]
         raw_stage["batch_size"] = min(stage.batch_size, SMOKE_MAX_BATCH)
         raw_stage["warmup_iters"] = min(stage.warmup_iters, SMOKE_MAX_WARMUP)
     raw["resources"] = dict(SMOKE_RESOURCES)
@@ -192,19 +194,21 @@ def _scale_training(spec: StudySpec, raw: dict[str, Any]) -> list[str]:
             raw_stage.pop("use_feature_cache", None)
             raw_stage.pop("full_eval", None)
         budget = {"stage 2": CACHED_STAGE2, "stage 1": WHOLE_MODEL}.get(label, END_TO_END)
-        before = (stage.epochs, stage.lr, stage.batch_size, stage.warmup_iters)
+        (length, unit), lr, batch = stage.length(), stage.lr, stage.batch_size
+        raw_stage.pop("iterations", None)
         raw_stage.update(budget)
         line = (
             f"{label}: {budget['epochs']} epochs, lr {budget['lr']}, batch "
             f"{budget['batch_size']}, {budget['warmup_iters']} warm-up iterations (paper: "
-            f"{before[0]} epochs, lr {before[1]}, batch {before[2]}, {before[3]} warm-up)"
+            f"{length} {unit}, lr {lr}, batch {batch}, {stage.warmup_iters} warm-up)"
         )
         if stage.lr_milestones:
-            new = [round(m / stage.epochs * budget["epochs"], 4) for m in stage.lr_milestones]
+            new = [round(m / length * budget["epochs"], 4) for m in stage.lr_milestones]
             raw_stage["lr_milestones"] = new
+            of = f"{length} iterations" if unit == "iterations" else f"{length}"
             line += (
                 f"; lr milestones at the paper's fractions: {_nums(stage.lr_milestones)} of "
-                f"{stage.epochs} -> {_nums(new)} of {budget['epochs']}"
+                f"{of} -> {_nums(new)} of {budget['epochs']}"
             )
         rules.append(line)
     return rules

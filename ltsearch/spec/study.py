@@ -109,7 +109,7 @@ class StudySpec(Strict):
             )
         self._check_trials()
         check_early_stopping(self.search.early_stopping, self.training.schedule,
-                             self.training.epochs)  # fmt: skip
+                             self.training.epochs, self.training.iterations)  # fmt: skip
         for i, point in enumerate(self.search.initial_points):
             check_point(point, self.loss, ["search", "initial_points", i])
         if self.reference is not None:

@@ -7,9 +7,13 @@ its optimisation keys live in the two stages only.
 
 ``lr_milestones`` lists the epochs of a stage at whose end the learning rate is divided by
 10 (MMDetection's ``step``: ``[8, 11]`` for a 12-epoch 1x schedule); without it the engine
-decays at 2/3 and 8/9 of the stage's iterations. Keys added after studies recorded results
-(:data:`LATE_KEYS`) are left out of the configuration and stage-1 hashes while unset, so
-those studies keep their hashes (resume, shared stage-1 caches).
+decays at 2/3 and 8/9 of the stage's iterations. ``iterations`` gives a stage's length in
+optimizer steps instead of ``epochs`` (detectron2's ``MAX_ITER``: ``90000``); the stage then
+trains as many epochs as that takes, the last one cut at the budget, and its
+``lr_milestones`` are iterations (detectron2's ``STEPS``: ``[60000, 80000]``). Keys added
+after studies recorded results (:data:`LATE_KEYS`) are left out of the configuration and
+stage-1 hashes while unset, so those studies keep their hashes (resume, shared stage-1
+caches).
 
 ``stage1.evaluate`` asks for one more row: the stage-1 model evaluated as is, the papers'
 "before re-balancing" line (:mod:`ltsearch.run.baseline`). It says what the study reports,
@@ -33,9 +37,9 @@ FINETUNE_PARTS: tuple[str, ...] = get_args(FinetunePart)
 
 OPTIM_KEYS = (
     "epochs", "lr", "batch_size", "sampler", "rfs_threshold", "warmup_iters", "momentum",
-    "weight_decay", "max_norm", "lr_milestones",
+    "weight_decay", "max_norm", "lr_milestones", "iterations",
 )  # fmt: skip
-LATE_KEYS = ("lr_milestones",)
+LATE_KEYS = ("lr_milestones", "iterations")
 """Optimisation keys that are not hashed while unset (see the module docstring)."""
 
 
@@ -56,8 +60,27 @@ class Optim(Strict):
     momentum: Annotated[Float, Field(ge=0, lt=1)] = 0.9
     weight_decay: Annotated[Float, Field(ge=0)] = 1e-4
     max_norm: PosFloat | None = None
-    # epochs at whose end lr /= 10; [] = no decay; None = at 2/3 and 8/9 of the stage
+    # epochs (iterations, under an iteration budget) at whose end lr /= 10; [] = no decay;
+    # None = at 2/3 and 8/9 of the stage
     lr_milestones: list[PosFloat] | None = None
+    # the stage's length in optimizer steps instead of epochs (detectron2's MAX_ITER)
+    iterations: PosInt | None = None
+
+    def length(self) -> tuple[int, str]:
+        """The stage's length as written: ``(n, "epochs")`` or ``(n, "iterations")``."""
+        if self.iterations is not None:
+            return self.iterations, "iterations"
+        return self.epochs, "epochs"
+
+    @model_validator(mode="after")
+    def _budget(self) -> Optim:
+        if self.iterations is not None and "epochs" in self.model_fields_set:
+            raise SpecError(
+                f"gives the stage's length twice (epochs {self.epochs}, iterations "
+                f"{self.iterations}); keep one of the two",
+                path=["iterations"],
+            )
+        return self
 
     @model_validator(mode="after")
     def _rfs(self) -> Optim:
@@ -74,13 +97,13 @@ class Optim(Strict):
         if steps is None:
             return self
         increasing = all(a < b for a, b in zip(steps, steps[1:], strict=False))
-        if not increasing or any(m >= self.epochs for m in steps):
+        n, unit = self.length()
+        if not increasing or any(m >= n for m in steps):
             shown = ", ".join(f"{m:g}" for m in steps)
-            n = self.epochs
             raise SpecError(
-                f"[{shown}] are not increasing epochs below epochs ({n}); list them in order, "
-                f"each below {n} (e.g. [{n * 2 / 3:.3g}, {n * 11 / 12:.3g}]), or remove the key "
-                "for decay at 2/3 and 8/9 of the epochs",
+                f"[{shown}] are not increasing {unit} below {unit} ({n}); list them in order, "
+                f"each below {n} (e.g. [{n * 2 / 3:.6g}, {n * 11 / 12:.6g}]), or remove the key "
+                f"for decay at 2/3 and 8/9 of the {unit}",
                 path=["lr_milestones"],
             )
         return self

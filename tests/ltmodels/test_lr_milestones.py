@@ -112,3 +112,58 @@ def test_train_stage_decays_at_the_milestone_epochs(
     changes = [i for i in range(1, 24) if seen[i] != pytest.approx(seen[i - 1])]
     assert tuple(changes) == drops
     assert seen[-1] == pytest.approx(0.1 ** len(drops))
+
+
+def test_an_iteration_budget_cuts_the_last_epoch_and_counts_milestones_in_iterations(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Epochs of 4 iterations, a budget of 10: epochs of 4, 4 and 2 steps; lr / 10 at the
+    5th and 8th iteration. Stopped after epoch 1 and resumed, it takes the same steps."""
+    seen: list[float] = []
+
+    def one_epoch(
+        _model: Any, optimizer: Any, loader: Any, *, scheduler: Any, max_steps: Any, **_: Any
+    ):
+        for it, _batch in enumerate(loader):
+            if max_steps is not None and it >= max_steps:
+                break
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return {"loss": 0.0, "seconds": 0.0}
+
+    monkeypatch.setattr(stages, "train_one_epoch", one_epoch)
+    stage = StageConfig(iterations=10, lr=1.0, warmup_iters=0, lr_milestones=(5.0, 8.0))
+    assert stage.budget(4) == (3, 10) and stage.milestone_fractions() == (0.5, 0.8)
+    run = {
+        "device": torch.device("cpu"),
+        "ckpt_path": tmp_path / "checkpoint.pt",
+    }
+    model, loader = nn.Linear(2, 2), [0, 1, 2, 3]
+    first = stages.train_stage(model, stage, loader, stop_at=1, **run)  # type: ignore[arg-type]
+    assert len(first) == 1 and len(seen) == 4
+    history = stages.train_stage(model, stage, loader, **run)  # type: ignore[arg-type]
+    assert len(history) == 3 and len(seen) == 10
+    changes = [i for i in range(1, 10) if seen[i] != pytest.approx(seen[i - 1])]
+    assert changes == [5, 8]
+
+
+def test_train_one_epoch_stops_at_max_steps() -> None:
+    from ltmodels.engine.train import train_one_epoch
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(1))
+
+        def forward(self, images: list[torch.Tensor], targets: Any) -> dict[str, torch.Tensor]:
+            return {"loss_a": (self.w.sum() * sum(im.sum() for im in images)) ** 2 * 1e-3}
+
+    batch = ([torch.ones(3, 2, 2)], [{"labels": torch.tensor([1])}])
+    model = Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = train_one_epoch(model, opt, [batch] * 5, scheduler=None, device="cpu", epoch=0,
+                          max_steps=3)  # fmt: skip
+    assert out["iterations"] == 3 and out["images"] == 3
+    out = train_one_epoch(model, opt, [batch] * 5, scheduler=None, device="cpu", epoch=1)
+    assert out["iterations"] == 5

@@ -106,6 +106,21 @@ def test_every_loss_in_a_mixed_pack_equals_its_run_alone(data: DataConfig, cache
     assert one.metrics == alone[-1].metrics
 
 
+def test_an_iteration_budget_trains_that_many_steps(data: DataConfig, cache_dir: str) -> None:
+    """32 images in batches of 8: 4 steps an epoch. A budget of 12 iterations is the 3
+    epochs exactly; one of 10 cuts the third epoch at 2 steps (and decays at 2/3 and 8/9
+    of 10 iterations, so it is another run)."""
+    base = trial(data, cache_dir, "acsl", {"xi": 0.6})
+    work = Path(cache_dir)
+    epochs = run_trial(base, workdir=work / "budget-epochs")
+    budget = replace(base, train=replace(base.train, epochs=12, iterations=12))
+    assert_same(run_trial(budget, workdir=work / "budget-12"), epochs)
+    cut = replace(base, train=replace(base.train, epochs=12, iterations=10))
+    short = run_trial(cut, workdir=work / "budget-10")
+    assert [e["iterations"] for e in short.epochs] == [4, 4, 2]
+    assert short.metrics["bbox/AP"] != pytest.approx(epochs.metrics["bbox/AP"], abs=TOL)
+
+
 def test_a_failing_member_fails_alone(data: DataConfig, cache_dir: str) -> None:
     good = trial(data, cache_dir, "seesaw", {"p": 0.8, "q": 2.0})
     nan = trial(data, cache_dir, "ce", {}, lr=1e30)  # the loss overflows within an epoch

@@ -16,7 +16,7 @@ from ltsearch.run import driver
 from ltsearch.spec.paths import require_absolute, tracking_uri
 from ltsearch.spec.study import load_spec, spec_from_dict
 from ltsearch.tracking import open_tracker
-from ltsearch.tracking.spec_file import record_tracking
+from ltsearch.tracking.spec_file import record_descriptive
 from ltsearch.tracking.state import TrackingState, save_state, status_line
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "acceptance"))
@@ -113,15 +113,42 @@ def test_another_tracking_uri_is_the_same_study_and_is_recorded(tmp_path: Path) 
     driver._write_spec(spec, spec.study_dir)
     tracked = spec.with_overrides(mlflow="http://127.0.0.1:5000")
     driver._check_spec_dir(tracked, spec.study_dir)  # not "a different study"
-    record_tracking(tracked, spec.study_dir)
+    record_descriptive(tracked, spec.study_dir)
     stored = yaml.safe_load((spec.study_dir / "spec.yaml").read_text())
     assert stored["tracking"] == {"mlflow": "http://127.0.0.1:5000"}
     assert {k: v for k, v in stored.items() if k != "tracking"} == spec.to_dict()
-    record_tracking(spec, spec.study_dir)  # the study file without tracking: it stops
+    record_descriptive(spec, spec.study_dir)  # the study file without tracking: it stops
     assert "tracking" not in yaml.safe_load((spec.study_dir / "spec.yaml").read_text())
     other = spec_from_dict({**spec.to_dict(), "search": {"trials": 3}})
     with pytest.raises(SpecError, match="already holds a different study"):
         driver._check_spec_dir(other, spec.study_dir)
+
+
+def test_reworded_profile_rules_are_the_same_study_and_are_recorded(tmp_path: Path) -> None:
+    """An embedded study stored by a version that worded a rule and its description
+    otherwise, with a reference since removed: run again, it is the same study, and
+    ``spec.yaml`` takes the current words; another profile source, or another budget, is
+    still a different study."""
+    path = write_study(tmp_path, storage=str(tmp_path / "out"))
+    spec = load_spec(path).embedded_variant()
+    assert spec.profile is not None and spec.profile.rules
+    driver._write_spec(spec, spec.study_dir)
+    stored_path = spec.study_dir / "spec.yaml"
+    old = yaml.safe_load(stored_path.read_text())
+    old["profile"]["rules"] = ["an older wording", *old["profile"]["rules"][1:]]
+    old["description"] = "an older description"
+    old["reference"] = {"source": "a paper", "rows": [{"xi": 0.5, "APr": 1.0}]}
+    stored_path.write_text(yaml.safe_dump(old, sort_keys=False))
+    driver._check_spec_dir(spec, spec.study_dir)  # not "a different study"
+    record_descriptive(spec, spec.study_dir)
+    assert yaml.safe_load(stored_path.read_text()) == spec.to_dict()
+    raw = spec.to_dict()
+    for other in (
+        {**raw, "profile": {**raw["profile"], "source": "elsewhere.yaml"}},
+        {**raw, "training": {**raw["training"], "epochs": 5}},
+    ):
+        with pytest.raises(SpecError, match="already holds a different study"):
+            driver._check_spec_dir(spec_from_dict(other), spec.study_dir)
 
 
 def test_a_tracking_study_without_mlflow_installed_is_a_user_error(
