@@ -129,8 +129,9 @@ def test_reworded_profile_rules_are_the_same_study_and_are_recorded(tmp_path: Pa
     otherwise, with a reference since removed: run again, it is the same study, and
     ``spec.yaml`` takes the current words; another profile source, or another budget, is
     still a different study."""
-    path = write_study(tmp_path, storage=str(tmp_path / "out"))
-    spec = load_spec(path).embedded_variant()
+    path = write_study(tmp_path)
+    spec = load_spec(path).embedded_variant(cwd=tmp_path)  # results in tmp_path/runs
+    assert spec.study_dir.is_relative_to(tmp_path)
     assert spec.profile is not None and spec.profile.rules
     driver._write_spec(spec, spec.study_dir)
     stored_path = spec.study_dir / "spec.yaml"
