@@ -14,8 +14,9 @@ those values:
   RungScheduler`), and frees its slot when stopped or finished; the next configuration of
   the order starts then;
 - per order: epochs trained (configuration x seed), the hypervolume of the front of the
-  configurations trained to the end (their final means over seeds, reference (0, 0)) as a
-  share of the full run's, and how many of the full run's front members were kept.
+  configurations trained to the end (their final means over seeds) as a share of the full
+  run's, against (0, 0) and against the nadir (the worst final mean of each objective over
+  all configurations), and how many of the full run's front members were kept.
 
 Time is counted in epochs only (a rung evaluation is not): a real run's wall time also has
 evaluations and start-ups, so the replay ranks rules by epochs and hypervolume, not by
@@ -55,9 +56,28 @@ class FullRun:
     n_seeds: int
     directions: list[str]
 
-    def hv(self, trained: Sequence[str]) -> float:
-        pts = np.array([self.final[c] for c in trained], dtype=float).reshape(-1, 2)
-        return hypervolume(pts, self.directions, [0.0] * len(self.directions))
+    def nadir(self) -> list[float]:
+        """The worst value of each objective over every configuration's final means."""
+        pts = np.array([self.final[c] for c in self.configs], dtype=float)
+        return [
+            float(pts[:, j].min() if d == "max" else pts[:, j].max())
+            for j, d in enumerate(self.directions)
+        ]
+
+    def hv(self, trained: Sequence[str], ref: Sequence[float]) -> float:
+        pts = np.array([self.final[c] for c in trained], dtype=float)
+        return hypervolume(pts.reshape(-1, len(self.directions)), self.directions, ref)
+
+    def hv_shares(self, trained: Sequence[str]) -> tuple[float, float]:
+        """The hypervolume of ``trained`` as a share of all configurations', against
+        (0, ..., 0) and against :meth:`nadir`. Against 0 the area down to AP 0 counts, which
+        the best AP_r alone nearly fills when AP_f varies little; against the nadir only
+        the region the configurations span, the trade-off itself."""
+        out = []
+        for ref in ([0.0] * len(self.directions), self.nadir()):
+            total = self.hv(self.configs, ref)
+            out.append(self.hv(trained, ref) / total if total > 0 else math.nan)
+        return out[0], out[1]
 
     def front(self) -> set[str]:
         pts = np.array([self.final[c] for c in self.configs], dtype=float)
@@ -94,7 +114,8 @@ def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[
 class Replay:
     epochs: int
     trained: list[str]
-    hv_share: float
+    hv_share: float  # against (0, 0)
+    hv_share_nadir: float
     front_kept: int
 
 
@@ -134,25 +155,26 @@ def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) ->
         else:
             epochs += full.n_seeds * rung
             start(t)
-    total = full.hv(full.configs)
-    share = full.hv(trained) / total if total > 0 else math.nan
-    return Replay(epochs, trained, share, len(full.front() & set(trained)))
+    zero, nadir = full.hv_shares(trained)
+    return Replay(epochs, trained, zero, nadir, len(full.front() & set(trained)))
 
 
 @dataclass(frozen=True)
 class Summary:
     name: str
     epoch_share: np.ndarray  # per order
-    hv_share: np.ndarray
+    hv_share: np.ndarray  # against (0, 0)
+    hv_share_nadir: np.ndarray
     front_kept: np.ndarray
 
     def line(self, n_front: int) -> str:
-        e, h = self.epoch_share, self.hv_share
-        ok = np.mean((e <= 1 / 3 + 1e-9) & (h >= 0.95))
+        e, h, n = self.epoch_share, self.hv_share, self.hv_share_nadir
+        ok = np.mean((e <= 1 / 3 + 1e-9) & (n >= 0.95))
         return (
             f"| {self.name} | {100 * e.mean():.0f}% ({100 * e.min():.0f}-{100 * e.max():.0f}) "
-            f"| {100 * h.mean():.1f}% | {100 * np.percentile(h, 10):.1f}% "
-            f"| {100 * np.mean(h >= 0.95):.0f}% | {self.front_kept.mean():.2f} of {n_front} "
+            f"| {100 * h.mean():.1f}% ({100 * np.mean(h >= 0.95):.0f}%) "
+            f"| {100 * n.mean():.1f}% ({100 * np.mean(n >= 0.95):.0f}%) "
+            f"| {100 * np.percentile(n, 10):.1f}% | {self.front_kept.mean():.2f} of {n_front} "
             f"| {100 * ok:.0f}% |"
         )
 
@@ -174,6 +196,7 @@ def compare(full: FullRun, rules: dict[str, Callable[[], ReplayRule]], orders: i
                 name,
                 np.array([r.epochs / full_epochs for r in runs]),
                 np.array([r.hv_share for r in runs]),
+                np.array([r.hv_share_nadir for r in runs]),
                 np.array([r.front_kept for r in runs]),
             )
         )
@@ -181,8 +204,9 @@ def compare(full: FullRun, rules: dict[str, Callable[[], ReplayRule]], orders: i
 
 
 HEADER = (
-    "| rule | epochs, mean (min-max) | hypervolume share, mean | 10th percentile | orders "
-    ">= 95% | full-front members kept | orders meeting both targets |\n"
+    "| rule | epochs, mean (min-max) | hypervolume vs (0, 0): mean (orders >= 95%) "
+    "| hypervolume vs nadir: mean (orders >= 95%) | its 10th percentile "
+    "| full-front members kept | orders meeting both targets (nadir) |\n"
     "|---|---|---|---|---|---|---|"
 )
 

@@ -8,11 +8,13 @@
 Every configuration trains (each seed in turn) up to the first rung epoch and is evaluated
 there; it goes on to the next rung only if it is among the best ``1/reduction`` of the
 configurations that reached that rung so far, by non-dominated sorting on the study's
-objectives (:mod:`ltsearch.run.moasha`); with ``promotion: front`` a configuration on the
-rung's first front (no configuration at the rung beats it in every objective) always goes
-on as well, however many share that front. A rung at ``training.epochs`` is the end of training
-(no decision there). End-to-end studies only: a decoupled trial's stage 2 is short, and its
-feature-cache path trains in one go. Without the key every configuration trains to the end.
+objectives (:mod:`ltsearch.run.moasha`), or if it is on the rung's first front (no
+configuration at the rung beats it in every objective), however many share that front
+(``promotion: front``, the default; ``promotion: ranked`` is the quota alone, MOASHA as
+published: it stopped trade-off points for crowding, BENCHMARKS.md). A rung at
+``training.epochs`` is the end of training (no decision there). End-to-end studies only: a
+decoupled trial's stage 2 is short, and its feature-cache path trains in one go. Without the
+key every configuration trains to the end.
 """
 
 from __future__ import annotations
@@ -30,12 +32,12 @@ PosInt = Annotated[Int, Field(gt=0)]
 class EarlyStopping(Strict):
     """Rungs (epochs, strictly increasing), the reduction factor (``1/reduction`` of the
     configurations at a rung go on) and the promotion rule: ``ranked`` keeps that quota by
-    non-dominated rank and crowding distance, ``front`` also every point of the rung's first
-    front."""
+    non-dominated rank and crowding distance, ``front`` (the default) also every point of
+    the rung's first front."""
 
     rungs: list[PosInt] = Field(min_length=1)
     reduction: Annotated[Int, Field(ge=2)] = 3
-    promotion: Literal["ranked", "front"] = "ranked"
+    promotion: Literal["ranked", "front"] = "front"
 
     @field_validator("rungs")
     @classmethod

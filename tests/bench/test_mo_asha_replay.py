@@ -33,9 +33,12 @@ def test_a_rule_that_never_stops_trains_every_epoch_and_keeps_the_whole_front() 
     full = _full()
     got = replay(full, ["a", "b", "c"], lambda rung, v, rec: True, slots=1)
     assert got.epochs == 3 * 2 * 9 and sorted(got.trained) == ["a", "b", "c"]
-    assert got.hv_share == pytest.approx(1.0) and got.front_kept == 2
-    assert full.front() == {"a", "c"}
-    assert full.hv(["a", "c"]) == pytest.approx(0.5 * 0.9 + 0.4 * 0.1)
+    assert got.hv_share == pytest.approx(1.0) and got.hv_share_nadir == pytest.approx(1.0)
+    assert got.front_kept == 2 and full.front() == {"a", "c"}
+    assert full.hv(["a", "c"], [0, 0]) == pytest.approx(0.5 * 0.9 + 0.4 * 0.1)
+    # the nadir: the worst final AP_r (b's 0.4) and AP_f (c's 0.1); b adds nothing there
+    assert full.nadir() == pytest.approx([0.4, 0.1])
+    assert full.hv(["a", "c"], full.nadir()) == pytest.approx(0.1 * 0.8)
 
 
 def test_one_slot_decides_in_order_and_counts_the_epochs_of_stopped_configurations() -> None:
@@ -52,6 +55,8 @@ def test_one_slot_decides_in_order_and_counts_the_epochs_of_stopped_configuratio
     # a: 9 epochs x 2 seeds; b: stopped at rung 3; c: stopped at rung 1
     assert got.epochs == 2 * 9 + 2 * 3 + 2 * 1
     assert got.hv_share == pytest.approx(0.45 / 0.49) and got.front_kept == 1
+    # against the nadir (0.4, 0.1), a alone spans (0.5 - 0.4) x (0.9 - 0.1), all of it
+    assert got.hv_share_nadir == pytest.approx(1.0)
 
 
 def test_two_slots_interleave_rungs_by_time() -> None:
@@ -76,6 +81,5 @@ def test_compare_replays_every_rule_on_the_same_orders() -> None:
     got = {s.name: s for s in compare(full, rules, orders=5, slots=2)}
     assert np.allclose(got["all"].epoch_share, 1.0) and np.allclose(got["all"].hv_share, 1.0)
     assert np.allclose(got["none"].epoch_share, 2 / 18) and np.allclose(got["none"].hv_share, 0)
-    assert "| all | 100% (100-100) | 100.0% | 100.0% | 100% | 2.00 of 2 | 0% |" == got["all"].line(
-        2
-    )
+    line = "| all | 100% (100-100) | 100.0% (100%) | 100.0% (100%) | 100.0% | 2.00 of 2 | 0% |"
+    assert got["all"].line(2) == line

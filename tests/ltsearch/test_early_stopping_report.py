@@ -119,7 +119,7 @@ def test_the_section_lists_each_rung_and_both_fronts(
     _, spec = study
     text = _section(report, "Early stopping (MO-ASHA)")
     assert "Rungs at epochs [1, 2, 3] of 3, reduction 2" in text
-    assert "promotion: front" not in text  # the default rule, ranked
+    assert "(promotion: front)" in text  # the default rule
     # 2 configurations x 2 seeds x 3 epochs, plus C's 2 x 1 and D's 2 x 2, of 4 x 2 x 3
     assert "Epochs trained (configuration \u00d7 seed): **18** of the 24" in text
     assert "(75%); 2 of 4 configurations stopped early." in text
