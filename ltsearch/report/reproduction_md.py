@@ -19,11 +19,21 @@ from ltsearch.report.claims import (
 )
 from ltsearch.report.sections import wall_time
 from ltsearch.report.tables import MINUS, baseline_mask, md_table, short_id
-from ltsearch.report.verdict import NOT_JUDGED, TAU, Stat, paper_difference, seed_stat
+from ltsearch.report.verdict import (
+    INCONCLUSIVE,
+    NOT_JUDGED,
+    SEEDS_CAP,
+    SEEDS_TO_DECIDE,
+    TAU,
+    Stat,
+    paper_difference,
+    seed_stat,
+    seeds_to_decide,
+)
 from ltsearch.spec.study import StudySpec
 
 if TYPE_CHECKING:
-    from ltsearch.report.reproduction import ClaimResult, Study
+    from ltsearch.report.reproduction import ClaimResult, Compared, Study
 
 DASH = "\u2014"
 
@@ -194,6 +204,17 @@ def rows_md(study: Study, result: ClaimResult) -> str:
     return md_table(header, rows)
 
 
+def _seeds_to_decide(c: Compared) -> str:
+    """The comparison's :func:`~ltsearch.report.verdict.seeds_to_decide`, for inconclusive
+    ones only (blank otherwise)."""
+    if c.verdict != INCONCLUSIVE:
+        return ""
+    n = seeds_to_decide(c.ours_a, c.ours_b)
+    if n is None:
+        return "-"
+    return f"> {SEEDS_CAP}" if n > SEEDS_CAP else str(n)
+
+
 def comparisons_md(result: ClaimResult) -> str:
     header = ["A", "B", "paper A", "paper B", "Dp", "ours A", "ours B", "ours A \u2212 B"]
     rows = []
@@ -204,9 +225,9 @@ def comparisons_md(result: ClaimResult) -> str:
         rows.append([
             selector_label(c.a), selector_label(c.b), _num(c.paper_a), _num(c.paper_b),
             _signed(paper_difference(c.paper_a, c.paper_b)), ours(c.ours_a), ours(c.ours_b),
-            _signed(diff), c.verdict,
+            _signed(diff), c.verdict, _seeds_to_decide(c),
         ])  # fmt: skip
-    return md_table([*header, "verdict"], rows)
+    return md_table([*header, "verdict", "seeds to decide"], rows)
 
 
 def verdict_line(result: ClaimResult) -> str:
@@ -281,7 +302,7 @@ def document(
         "half-width (n)`, the mean over a configuration's ok seeds, the half-width of its 95% "
         "Student-t interval and n, its seeds with a value (one seed: no interval).",
         f"## Verdict rule\n\n> {rule}\n\nTAU = {TAU:.1f}. Verdicts are computed "
-        "(`ltsearch.report.verdict`), never set by hand.",
+        f"(`ltsearch.report.verdict`), never set by hand.\n\n{SEEDS_TO_DECIDE}",
     ]
     summary = []
     for study, claim_results in results:

@@ -132,6 +132,32 @@ def judge(
     return INCONCLUSIVE
 
 
+SEEDS_CAP = 50
+SEEDS_TO_DECIDE = (
+    "Seeds to decide: for an inconclusive comparison, the fewest seeds per side at which "
+    "95% intervals of the spreads we observed would no longer overlap, if our means held "
+    f"(a planning figure, not a verdict; '> {SEEDS_CAP}' past {SEEDS_CAP}, '-' where a side "
+    "has fewer than 2 seeds or the means are equal)."
+)
+
+
+def seeds_to_decide(a: Stat | None, b: Stat | None, cap: int = SEEDS_CAP) -> int | None:
+    """The fewest seeds n per side (n >= 2) with t(n-1) (sd_a + sd_b) / sqrt(n) < |mean_a -
+    mean_b|: when the intervals of :data:`SEEDS_TO_DECIDE` would part. A point
+    (:func:`point`) keeps its width 0. ``cap + 1`` past ``cap``; None when undefined (a side
+    missing or of one seed, or equal means)."""
+    if a is None or b is None or math.isnan(a.sd) or math.isnan(b.sd):
+        return None
+    gap = abs(a.mean - b.mean)
+    spread = a.sd + b.sd
+    if gap == 0:
+        return None
+    for n in range(2, cap + 1):
+        if t_quantile(n - 1) * spread / math.sqrt(n) < gap:
+            return n
+    return cap + 1
+
+
 def claim_verdict(verdicts: Sequence[str]) -> tuple[str, int, int]:
     """A claim's verdict from its comparisons' (:data:`VERDICT_RULE`).
 
@@ -148,7 +174,7 @@ def claim_verdict(verdicts: Sequence[str]) -> tuple[str, int, int]:
 
 
 __all__ = [
-    "INCONCLUSIVE", "LEVEL", "NOT_JUDGED", "NOT_REPRODUCED", "REPRODUCED", "TAU",
-    "VERDICT_RULE", "Stat", "claim_verdict", "judge", "paper_difference", "point", "seed_stat",
-    "t_quantile",
+    "INCONCLUSIVE", "LEVEL", "NOT_JUDGED", "NOT_REPRODUCED", "REPRODUCED", "SEEDS_CAP",
+    "SEEDS_TO_DECIDE", "TAU", "VERDICT_RULE", "Stat", "claim_verdict", "judge",
+    "paper_difference", "point", "seed_stat", "seeds_to_decide", "t_quantile",
 ]  # fmt: skip

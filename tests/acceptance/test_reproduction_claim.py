@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from workspace import REPO, run_cli
 
-from ltsearch.report.verdict import judge, seed_stat
+from ltsearch.report.verdict import INCONCLUSIVE, SEEDS_CAP, judge, seed_stat, seeds_to_decide
 from ltsearch.store import ResultStore
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
@@ -54,7 +54,14 @@ def test_acsl_xi_claim_smoke_end_to_end(tmp_path: Path) -> None:
     row = next(
         line for line in section.splitlines() if line.startswith("| acsl(xi=0.7) | acsl(xi=0.1) |")
     )
-    assert row.rstrip(" |").endswith(expected), row
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert cells[8] == expected, row
+    decide = seeds_to_decide(apr[0.7], apr[0.1])
+    if expected == INCONCLUSIVE:  # the planning figure, from the same two stats
+        assert cells[9] == ("-" if decide is None else f"> {SEEDS_CAP}" if decide > SEEDS_CAP
+                            else str(decide)), row  # fmt: skip
+    else:
+        assert cells[9] == "", row
     assert "**Verdict: " in section  # the smoke run has 2 of the 6 rows: the rest are missing
     assert re.search(r"\| acsl\(xi=0\.7\) \| acsl\(xi=0\.01\) \|.*\| inconclusive \|", section)
     figure = tmp_path / "doc" / "REPRODUCTION_figures" / "acsl-table2-smoke.acsl-table2-xi.png"

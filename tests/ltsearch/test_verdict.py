@@ -21,6 +21,7 @@ from ltsearch.report.verdict import (
     judge,
     point,
     seed_stat,
+    seeds_to_decide,
     t_quantile,
 )
 
@@ -95,3 +96,16 @@ def test_t_intervals() -> None:
     one = seed_stat([5.0, math.nan])  # an undefined value is no seed
     assert one is not None and one.n == 1 and math.isnan(one.half)
     assert seed_stat([]) is None and seed_stat([math.nan]) is None
+
+
+def test_seeds_to_decide() -> None:
+    """Means 10 and 12, sd 1 each: t(n-1) x 2 / sqrt(n) < 2 first at n = 7 (t(5) = 2.571:
+    2.10 at n = 6; t(6) = 2.447: 1.85 at n = 7). A point side keeps width 0, so sd 1 on one
+    side only: t(n-1) / sqrt(n) < 2 first at n = 4 (t(2) / sqrt(3) = 2.48; t(3) / 2 = 1.59)."""
+    a, b = Stat(3, 10.0, 1.0, 2.48), Stat(3, 12.0, 1.0, 2.48)
+    assert seeds_to_decide(a, b) == 7
+    assert seeds_to_decide(point(12.0), a) == 4
+    assert seeds_to_decide(a, Stat(3, 10.0, 1.0, 2.48)) is None  # equal means
+    assert seeds_to_decide(a, Stat(1, 12.0, math.nan, math.nan)) is None  # one seed
+    assert seeds_to_decide(a, None) is None
+    assert seeds_to_decide(a, Stat(3, 10.01, 1.0, 2.48), cap=50) == 51  # past the cap
