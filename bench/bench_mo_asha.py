@@ -48,7 +48,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -74,6 +74,10 @@ from ltsearch.store import ResultStore  # noqa: E402
 # 120 training images: the fewest with frequent classes (> 100 images), so AP_f is defined
 DATASET = {"kind": "synthetic", "classes": 6, "train_images": 120, "val_images": 24,
            "image_size": 64, "seed": 0}  # fmt: skip
+# the validation set of the runs (--val-images, --min-val-images): 48 images with every
+# class in at least 10 hold 28 rare-class boxes where the 24 images above hold 5, so a
+# rung's AP_r is measured on more than a handful of boxes (the training images are equal)
+VALIDATION = {"val_images": 48, "min_val_images": 10}
 MODEL = {"backbone": "tiny", "masks": False, "min_size": 64, "max_size": 64}
 # the pretraining data: other images (data seed 1), four times as many, the same classes
 PRETRAIN_DATASET = {**DATASET, "seed": 1, "train_images": 480}
@@ -98,6 +102,7 @@ class Size:
     epochs: int
     rungs: list[int]
     reduction: int
+    validation: dict[str, int] = field(default_factory=lambda: dict(VALIDATION))
 
 
 FULL = Size(FULL_LOSSES, [0, 1], 9, [1, 3], 3)
@@ -127,7 +132,7 @@ def make_spec(
     return spec_from_dict(
         {
             "name": name,
-            "dataset": DATASET,
+            "dataset": {**DATASET, **size.validation},
             "model": MODEL if weights is None else {**MODEL, "backbone_weights": str(weights)},
             "training": {**TRAINING, "epochs": size.epochs},
             "loss": {"choice": size.losses},
@@ -301,6 +306,18 @@ def main() -> None:
         help="arrival orders each rule is replayed on, from the full run's rung values",
     )
     parser.add_argument(
+        "--val-images",
+        type=int,
+        default=VALIDATION["val_images"],
+        help="validation images of the study's data (the training images stay the same)",
+    )
+    parser.add_argument(
+        "--min-val-images",
+        type=int,
+        default=VALIDATION["min_val_images"],
+        help="every class in at least this many validation images (2: the generator's default)",
+    )
+    parser.add_argument(
         "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which runs (default: all)"
     )
     args = parser.parse_args()
@@ -309,7 +326,10 @@ def main() -> None:
     torch.set_num_threads(1)
     size = QUICK if args.quick else FULL
     size = replace(
-        size, rungs=args.rungs or size.rungs, reduction=args.reduction or size.reduction
+        size,
+        rungs=args.rungs or size.rungs,
+        reduction=args.reduction or size.reduction,
+        validation={"val_images": args.val_images, "min_val_images": args.min_val_images},
     )
     storage = Path(args.keep or tempfile.mkdtemp(prefix="bench-mo-asha-")).resolve()
     storage.mkdir(parents=True, exist_ok=True)

@@ -41,6 +41,16 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+DATASET_LATE_KEYS = ("min_val_images",)
+"""Dataset keys added after studies recorded results: hashed only when set, so those
+studies keep their hashes."""
+
+
+def _dataset(spec: StudySpec) -> dict[str, Any]:
+    dumped = spec.dataset.model_dump(mode="json")
+    return {k: v for k, v in dumped.items() if not (k in DATASET_LATE_KEYS and v is None)}
+
+
 def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
     """Stable 16-hex hash of one configuration: loss, parameters, training, model, dataset.
 
@@ -69,7 +79,7 @@ def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:
             "loss_params": full,
             "training": spec.training.effective(),
             "model": spec.model.overrides(),
-            "dataset": spec.dataset.model_dump(mode="json"),
+            "dataset": _dataset(spec),
         }
     )
 
@@ -82,7 +92,7 @@ def stage1_hash(spec: StudySpec) -> str | None:
         {
             "stage1": spec.training.stage1.trained(mode="json"),
             "model": spec.model.overrides(),
-            "dataset": spec.dataset.model_dump(mode="json"),
+            "dataset": _dataset(spec),
         }
     )
 

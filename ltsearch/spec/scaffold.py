@@ -201,6 +201,8 @@ def _dataset(dataset: str) -> list[str]:
             f"  # train_images: {d.train_images}",
             f"  # val_images: {d.val_images}",
             f"  # image_size: {d.image_size}       # pixels, 64-1024",
+            f"  # min_val_images: {d.min_val_images}     # 1-10: each class in at least this many"
+            " val images (more rare boxes, less noisy AP_r)",
         ]
     return [
         "dataset:",

@@ -37,6 +37,10 @@ class SyntheticData(Strict):
     val_images: PosInt | None = None
     image_size: Annotated[Int, Field(ge=64, le=1024)] | None = None
     seed: Seed | None = None
+    # every class in at least this many validation images (the generator's default is 2):
+    # raising it gives rare classes more validation instances, so AP_r is measured on more
+    # than a handful of boxes; the training images do not change
+    min_val_images: Annotated[Int, Field(ge=1, le=10)] | None = None
 
     def synth_kwargs(self) -> dict[str, int]:
         """Keyword arguments of ``ltmodels.data.synthetic.SynthConfig`` (``classes`` is
