@@ -42,28 +42,34 @@ rungs are geometric from the first: give ones that are).
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from mo_asha_replay import HEADER, ReplayRule, compare, load_full  # noqa: E402
+from mo_asha_replay import (  # noqa: E402
+    HEADER,
+    asha_rule,
+    compare,
+    geometric_rungs,
+    load_full,
+    replay_rules,
+    sync_selections,
+    sync_summary,
+)
 
 from ltmodels.trial.run import run_trial  # noqa: E402
 from ltsearch.report.pareto import hypervolume  # noqa: E402
 from ltsearch.report.tables import prepare_runs, summarize  # noqa: E402
 from ltsearch.run.driver import run_study  # noqa: E402
-from ltsearch.run.moasha import PROMOTIONS, promote  # noqa: E402
+from ltsearch.run.moasha import PROMOTIONS  # noqa: E402
 from ltsearch.run.rung_scheduler import Rule  # noqa: E402
 from ltsearch.run.trainable import StudyContext, resolve_data, trial_config  # noqa: E402
 from ltsearch.rung_log import RUNG_KEY  # noqa: E402
@@ -140,32 +146,6 @@ def make_spec(
             "storage": str(storage),
         }
     )
-
-
-def asha_rule(spec: StudySpec) -> Rule:
-    """Ray Tune's ASHA on AP_r with the study's rungs (``grace_period`` the first rung,
-    geometric by ``reduction`` up to ``training.epochs``): its decision on each rung."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-
-    early = spec.search.early_stopping
-    assert early is not None
-    asha = AsyncHyperBandScheduler(
-        time_attr=RUNG_KEY,
-        metric="bbox/APr",
-        mode="max",
-        max_t=spec.training.epochs,
-        grace_period=early.rungs[0],
-        reduction_factor=early.reduction,
-    )
-    apr = spec.search.metric_names.index("bbox/APr")
-
-    def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
-        if trial.trial_id not in asha._trial_info:
-            asha.on_trial_add(None, trial)  # type: ignore[arg-type]
-        result = {RUNG_KEY: rung, "bbox/APr": values[apr]}
-        return asha.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE  # type: ignore[arg-type]
-
-    return rule
 
 
 def every_epoch(size: Size) -> list[int]:
@@ -375,36 +355,6 @@ def main() -> None:
             shutil.rmtree(storage, ignore_errors=True)
 
 
-def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
-    """The rules replayed: both MO-ASHA promotions and Ray Tune's ASHA on AP_r (its own
-    code, a fresh scheduler per order)."""
-    early = spec.search.early_stopping
-    assert early is not None
-    directions = [o.direction for o in spec.search.parsed_objectives]
-
-    def pareto(promotion: str) -> Callable[[], ReplayRule]:
-        return lambda: lambda rung, v, rec: promote(rec, v, early.reduction, directions, promotion)
-
-    def asha() -> ReplayRule:
-        rule, ids = asha_rule(spec), itertools.count()
-        return lambda rung, v, rec: rule(SimpleNamespace(trial_id=str(next(ids))), rung, v, rec)
-
-    return {
-        **{f"MO-ASHA, promotion: {p}": pareto(p) for p in PROMOTIONS},
-        "ASHA on AP_r": asha,
-    }
-
-
-def geometric_rungs(first: int, reduction: int, epochs: int) -> list[int]:
-    """ASHA's rungs: ``first * reduction**k`` below ``epochs``."""
-    out = []
-    r = first
-    while r < epochs:
-        out.append(r)
-        r *= reduction
-    return out
-
-
 def replay_report(full_dir: Path, size: Size, orders: int) -> None:
     """Every rule on the size's rungs and reduction, then on a grid of first rungs and
     reductions (geometric rungs, as ASHA's), each over the same ``orders`` arrival orders."""
@@ -428,6 +378,8 @@ def replay_report(full_dir: Path, size: Size, orders: int) -> None:
         print(HEADER)
         for summary in compare(full, replay_rules(spec), orders, slots):
             print(summary.line(len(full.front())))
+        for name, select in sync_selections(spec).items():  # no order: one outcome each
+            print(sync_summary(name, full, select).line(len(full.front())))
     front = sorted(full.front())
     print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
 

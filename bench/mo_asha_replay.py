@@ -21,25 +21,39 @@ those values:
 Time is counted in epochs only (a rung evaluation is not): a real run's wall time also has
 evaluations and start-ups, so the replay ranks rules by epochs and hypervolume, not by
 seconds. A rule is ``rule(rung, values, recorded) -> goes on`` with a fresh state per order.
+
+:func:`replay_sync` replays *synchronous* successive halving on the same values: every
+configuration reaches a rung before any is decided there, and the best ``1/reduction`` of
+them (by the same orderings) go on. No scheduler of this project runs that way (a study's
+early stopping is asynchronous, as the issue asks); the replay tells whether the
+asynchronous arrivals, or the rungs' own information, limit a rule.
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 
 from ltsearch.report.pareto import hypervolume, pareto_rank
 from ltsearch.report.tables import prepare_runs, summarize
-from ltsearch.rung_log import read_log
+from ltsearch.run.moasha import PROMOTIONS, kept, nondominated_ranks, promote, promotion_order
+from ltsearch.run.rung_scheduler import Rule
+from ltsearch.rung_log import RUNG_KEY, read_log
 from ltsearch.spec.sections import Objective
+from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
 
 ReplayRule = Callable[[int, list[float], list[list[float]]], bool]
+Selection = Callable[[np.ndarray], set[int]]
+"""``select(values) -> kept``: which rows of a full rung's ``[n, m]`` values go on."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,47 @@ def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) ->
     return Replay(epochs, trained, zero, nadir, len(full.front() & set(trained)))
 
 
+def replay_sync(full: FullRun, select: Selection) -> Replay:
+    """Synchronous successive halving: every configuration still in reaches the rung, then
+    ``select`` picks those that go on. Independent of the arrival order."""
+    alive, epochs, before = list(full.configs), 0, 0
+    for rung in [r for r in full.rungs if r < full.epochs]:
+        epochs += len(alive) * full.n_seeds * (rung - before)
+        before = rung
+        values = np.array([full.rung_values[(c, rung)] for c in alive], dtype=float)
+        keep = select(values)
+        alive = [c for i, c in enumerate(alive) if i in keep]
+    epochs += len(alive) * full.n_seeds * (full.epochs - before)
+    zero, nadir = full.hv_shares(alive)
+    return Replay(epochs, alive, zero, nadir, len(full.front() & set(alive)))
+
+
+def pareto_selection(reduction: float, directions: Sequence[str], promotion: str) -> Selection:
+    """MO-ASHA's ordering on a full rung: the first ``ceil(n / reduction)`` by
+    :func:`~ltsearch.run.moasha.promotion_order`, and with ``front`` every rank-1 point."""
+
+    def select(values: np.ndarray) -> set[int]:
+        order = promotion_order(values, directions)
+        out = {int(i) for i in order[: kept(len(values), reduction)]}
+        if promotion == "front":
+            out |= {int(i) for i in np.flatnonzero(nondominated_ranks(values, directions) == 1)}
+        return out
+
+    return select
+
+
+def top_selection(reduction: float, column: int) -> Selection:
+    """Successive halving on one objective (maximised): the first ``ceil(n / reduction)``
+    by it, a NaN last, ties by position."""
+
+    def select(values: np.ndarray) -> set[int]:
+        score = np.nan_to_num(values[:, column], nan=-np.inf)
+        order = np.argsort(-score, kind="stable")
+        return {int(i) for i in order[: kept(len(values), reduction)]}
+
+    return select
+
+
 @dataclass(frozen=True)
 class Summary:
     name: str
@@ -203,6 +258,86 @@ def compare(full: FullRun, rules: dict[str, Callable[[], ReplayRule]], orders: i
     return out
 
 
+def asha_rule(spec: StudySpec) -> Rule:
+    """Ray Tune's ASHA on AP_r with the study's rungs (``grace_period`` the first rung,
+    geometric by ``reduction`` up to ``training.epochs``): its decision on each rung."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+
+    early = spec.search.early_stopping
+    assert early is not None
+    asha = AsyncHyperBandScheduler(
+        time_attr=RUNG_KEY,
+        metric="bbox/APr",
+        mode="max",
+        max_t=spec.training.epochs,
+        grace_period=early.rungs[0],
+        reduction_factor=early.reduction,
+    )
+    apr = spec.search.metric_names.index("bbox/APr")
+
+    def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
+        if trial.trial_id not in asha._trial_info:
+            asha.on_trial_add(None, trial)  # type: ignore[arg-type]
+        result = {RUNG_KEY: rung, "bbox/APr": values[apr]}
+        return asha.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE  # type: ignore[arg-type]
+
+    return rule
+
+
+def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
+    """The rules replayed: both MO-ASHA promotions and Ray Tune's ASHA on AP_r (its own
+    code, a fresh scheduler per order)."""
+    early = spec.search.early_stopping
+    assert early is not None
+    directions = [o.direction for o in spec.search.parsed_objectives]
+
+    def pareto(promotion: str) -> Callable[[], ReplayRule]:
+        return lambda: lambda rung, v, rec: promote(rec, v, early.reduction, directions, promotion)
+
+    def asha() -> ReplayRule:
+        rule, ids = asha_rule(spec), itertools.count()
+        return lambda rung, v, rec: rule(SimpleNamespace(trial_id=str(next(ids))), rung, v, rec)
+
+    return {
+        **{f"MO-ASHA, promotion: {p}": pareto(p) for p in PROMOTIONS},
+        "ASHA on AP_r": asha,
+    }
+
+
+def geometric_rungs(first: int, reduction: int, epochs: int) -> list[int]:
+    """ASHA's rungs: ``first * reduction**k`` below ``epochs``."""
+    out = []
+    r = first
+    while r < epochs:
+        out.append(r)
+        r *= reduction
+    return out
+
+
+def sync_summary(name: str, full: FullRun, select: Selection) -> Summary:
+    """:func:`replay_sync` as a :class:`Summary` row (one outcome: no order to vary)."""
+    r = replay_sync(full, select)
+    total = len(full.configs) * full.n_seeds * full.epochs
+    one = lambda x: np.array([x], dtype=float)  # noqa: E731
+    return Summary(name, one(r.epochs / total), one(r.hv_share), one(r.hv_share_nadir),
+                   one(r.front_kept))  # fmt: skip
+
+
+def sync_selections(spec: StudySpec) -> dict[str, Selection]:
+    """The synchronous counterparts of :func:`replay_rules`."""
+    early = spec.search.early_stopping
+    assert early is not None
+    directions = [o.direction for o in spec.search.parsed_objectives]
+    apr = spec.search.metric_names.index("bbox/APr")
+    return {
+        **{
+            f"synchronous MO, {p}": pareto_selection(early.reduction, directions, p)
+            for p in PROMOTIONS
+        },
+        "synchronous on AP_r": top_selection(early.reduction, apr),
+    }
+
+
 HEADER = (
     "| rule | epochs, mean (min-max) | hypervolume vs (0, 0): mean (orders >= 95%) "
     "| hypervolume vs nadir: mean (orders >= 95%) | its 10th percentile "
@@ -210,5 +345,22 @@ HEADER = (
     "|---|---|---|---|---|---|---|"
 )
 
-__all__ = ["HEADER", "FullRun", "Replay", "ReplayRule", "Summary", "compare", "load_full",
-           "replay"]  # fmt: skip
+__all__ = [
+    "HEADER",
+    "FullRun",
+    "Replay",
+    "ReplayRule",
+    "Selection",
+    "Summary",
+    "asha_rule",
+    "compare",
+    "geometric_rungs",
+    "load_full",
+    "pareto_selection",
+    "replay",
+    "replay_rules",
+    "replay_sync",
+    "sync_selections",
+    "sync_summary",
+    "top_selection",
+]

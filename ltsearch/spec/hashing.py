@@ -41,14 +41,15 @@ def _digest(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-DATASET_LATE_KEYS = ("min_val_images",)
-"""Dataset keys added after studies recorded results: hashed only when set, so those
-studies keep their hashes."""
+DATASET_LATE_KEYS = {"min_val_images": 2}
+"""Dataset keys added after studies recorded results, with the value the data had before
+them: hashed only when set to another, so those studies keep their hashes."""
 
 
 def _dataset(spec: StudySpec) -> dict[str, Any]:
     dumped = spec.dataset.model_dump(mode="json")
-    return {k: v for k, v in dumped.items() if not (k in DATASET_LATE_KEYS and v is None)}
+    late = {k: v for k, v in DATASET_LATE_KEYS.items() if dumped.get(k) in (None, v)}
+    return {k: v for k, v in dumped.items() if k not in late}
 
 
 def config_hash(params: Mapping[str, Any], spec: StudySpec) -> str:

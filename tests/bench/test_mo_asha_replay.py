@@ -10,7 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from mo_asha_replay import FullRun, compare, replay  # noqa: E402
+from mo_asha_replay import (  # noqa: E402
+    FullRun,
+    compare,
+    pareto_selection,
+    replay,
+    replay_sync,
+    top_selection,
+)
 
 from ltsearch.run.moasha import promote  # noqa: E402
 
@@ -83,3 +90,25 @@ def test_compare_replays_every_rule_on_the_same_orders() -> None:
     assert np.allclose(got["none"].epoch_share, 2 / 18) and np.allclose(got["none"].hv_share, 0)
     line = "| all | 100% (100-100) | 100.0% (100%) | 100.0% (100%) | 100.0% | 2.00 of 2 | 0% |"
     assert got["all"].line(2) == line
+
+
+def test_synchronous_halving_decides_each_full_rung_at_once() -> None:
+    full = _full()
+    # on AP_r, reduction 3: b alone goes on at rung 1 (0.3) and at rung 3
+    got = replay_sync(full, top_selection(3, 0))
+    assert got.trained == ["b"]
+    assert got.epochs == 3 * 2 * 1 + 1 * 2 * 2 + 1 * 2 * 6  # 22
+    assert got.hv_share == pytest.approx(0.4 * 0.8 / 0.49) and got.front_kept == 0
+    # MO, reduction 2: at rung 1 b (the front) then a (rank 2) go on; at rung 3 a beats b
+    got = replay_sync(full, pareto_selection(2, MAX2, "ranked"))
+    assert got.trained == ["a"]
+    assert got.epochs == 3 * 2 * 1 + 2 * 2 * 2 + 1 * 2 * 6  # 26
+    assert got.hv_share == pytest.approx(0.45 / 0.49) and got.front_kept == 1
+
+
+def test_synchronous_front_selection_keeps_every_non_dominated_point() -> None:
+    values = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5], [0.1, 0.1]])
+    # one of four by the quota: the two ends have infinite crowding, the later goes first
+    assert pareto_selection(4, MAX2, "ranked")(values) == {1}
+    assert pareto_selection(4, MAX2, "front")(values) == {0, 1, 2}
+    assert top_selection(2, 0)(np.array([[np.nan, 1.0], [0.2, 0.0], [0.3, 0.0]])) == {1, 2}
