@@ -168,7 +168,7 @@ def run_study(
         _drop_temporaries(study_dir)
         clear_phase_files(study_dir)
         reconcile_journal(spec, study_dir)  # damaged parts: one line; lost journal: rebuilt
-        record_descriptive(spec, study_dir)  # resume and report log where this run logs
+        record_descriptive(spec, study_dir)  # this run's tracking and wording into spec.yaml
         storage = journal_storage(study_dir)
         plan = plan_study(spec, storage)
         if tracker is not None:

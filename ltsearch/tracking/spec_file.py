@@ -26,7 +26,8 @@ DESCRIPTIVE = ("tracking", "description", "reference")
 """Top-level sections that are not part of what a study is."""
 
 
-def _without_tracking(text: str) -> Any:
+def _defining(text: str) -> Any:
+    """A ``spec.yaml`` text without its :data:`DESCRIPTIVE` sections and ``profile.rules``."""
     data = yaml.safe_load(text)
     if isinstance(data, dict):
         for key in DESCRIPTIVE:
@@ -37,11 +38,12 @@ def _without_tracking(text: str) -> Any:
 
 
 def same_study(stored: str, current: str) -> bool:
-    """Whether two ``spec.yaml`` texts describe the same study, ``tracking`` aside."""
+    """Whether two ``spec.yaml`` texts describe the same study, what only describes it
+    (:data:`DESCRIPTIVE`, ``profile.rules``) aside."""
     if stored == current:
         return True
     try:
-        return _without_tracking(stored) == _without_tracking(current)
+        return _defining(stored) == _defining(current)
     except yaml.YAMLError:
         return False
 
