@@ -95,6 +95,14 @@ FULL_LOSSES = [
     {"name": "seesaw", "params": {"p": {"grid": [0.4, 0.8, 1.6]}, "q": {"grid": [1.0, 3.0]}}},
     {"name": "eqlv2", "params": {"gamma": {"grid": [6.0, 12.0]}, "alpha": {"grid": [2.0, 8.0]}}},
 ]
+# --wide: 64 configurations, the same three losses on finer grids
+WIDE_LOSSES = [
+    {"name": "acsl", "params": {"xi": {"grid": [round(0.05 + 0.04 * i, 2) for i in range(24)]}}},
+    {"name": "seesaw", "params": {"p": {"grid": [0.2, 0.4, 0.8, 1.2, 1.6, 2.0]},
+                                  "q": {"grid": [0.5, 1.0, 2.0, 3.0]}}},
+    {"name": "eqlv2", "params": {"gamma": {"grid": [4.0, 6.0, 8.0, 12.0]},
+                                 "alpha": {"grid": [2.0, 4.0, 6.0, 8.0]}}},
+]  # fmt: skip
 QUICK_LOSSES = [
     {"name": "acsl", "params": {"xi": {"grid": [0.2, 0.5, 0.8]}}},
     {"name": "seesaw", "params": {"p": {"grid": [0.4, 0.8, 1.6]}}},
@@ -112,6 +120,7 @@ class Size:
 
 
 FULL = Size(FULL_LOSSES, [0, 1], 9, [1, 3], 3)
+WIDE = Size(WIDE_LOSSES, [0, 1], 9, [1, 3], 3)
 QUICK = Size(QUICK_LOSSES, [0], 3, [1], 3)
 
 
@@ -270,6 +279,16 @@ def report(outcomes: list[Outcome], size: Size, n_configs: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 configs x 1 seed x 3 epochs")
+    parser.add_argument(
+        "--wide", action="store_true", help="64 configurations (finer grids) x 2 seeds x 9 epochs"
+    )
+    parser.add_argument(
+        "--full-concurrent",
+        type=int,
+        default=1,
+        help="trials at a time in the full run (its values do not depend on it; the "
+        "early-stopping runs and the replay run one at a time)",
+    )
     parser.add_argument("--keep", type=Path, help="keep the three studies under this directory")
     parser.add_argument("--rungs", type=int, nargs="+", help="rung epochs instead of the size's")
     parser.add_argument("--reduction", type=int, help="reduction instead of the size's")
@@ -304,7 +323,7 @@ def main() -> None:
     # one thread, as each trial's worker has (Ray sets OMP_NUM_THREADS to its 1 CPU): the
     # pretraining and the calibration in this process do not compete with themselves
     torch.set_num_threads(1)
-    size = QUICK if args.quick else FULL
+    size = QUICK if args.quick else WIDE if args.wide else FULL
     size = replace(
         size,
         rungs=args.rungs or size.rungs,
@@ -335,6 +354,9 @@ def main() -> None:
             label = f"{name}-front" if promotion == "front" else name
             rungs = every_epoch(size) if name == "full" else None
             spec = make_spec(label, storage, size, True, weights, promotion, rungs)
+            if name == "full" and args.full_concurrent > 1:
+                resources = {"max_concurrent_trials": args.full_concurrent}
+                spec = spec_from_dict({**spec.to_dict(), "resources": resources})
             t0 = time.perf_counter()
             run_study(spec, progress=False, rule=None if rule is None else rule(spec))
             outcomes.append(measure(label, spec, time.perf_counter() - t0))
