@@ -25,21 +25,9 @@ from ltmodels.cache.store import FeatureCache
 from ltmodels.cache.train import load_rows, sample_batch, train_predictor_cached
 from ltmodels.losses import build_loss
 from ltmodels.modeling.heads import build_predictor
-from tests.ltmodels.cache_fixtures import cache_datasets, probe_detector
 
 TRAIN_IMAGES = 6
 SMALL_SHARDS = 4096  # bytes: one image per shard of the features and labels, 24 val shards
-
-
-@pytest.fixture(scope="module")
-def data(synth_small):
-    return cache_datasets(synth_small, TRAIN_IMAGES)
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    net = probe_detector(data[1].num_classes)
-    return net.eval()
 
 
 @pytest.fixture(scope="module")

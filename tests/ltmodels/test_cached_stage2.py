@@ -27,29 +27,9 @@ from ltmodels.engine import evaluate as engine_eval
 from ltmodels.losses import build_loss
 from ltmodels.modeling.detector import ModelSpec, build_detector
 from ltmodels.modeling.heads import CosinePredictor, LinearPredictor
-from tests.ltmodels.cache_fixtures import cache_datasets, probe_detector
 from tests.ltmodels.data.lvis_fixtures import make_lvis
 
 TRAIN_IMAGES = 12
-
-
-@pytest.fixture(scope="module")
-def data(synth_small):
-    return cache_datasets(synth_small, TRAIN_IMAGES)
-
-
-@pytest.fixture(scope="module")
-def model(data):
-    net = probe_detector(data[1].num_classes)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
-def cache32(model, data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fcache")
-    return build_feature_cache(
-        model, *data, root, key="f32", feature_dtype="float32", batch_size=1
-    )
 
 
 def _by_image(dets):

@@ -23,14 +23,9 @@ from ltmodels.cache.build import build_feature_cache
 from ltmodels.cache.manifest import ArrayWriter, CacheError, validate, write_manifest
 from ltmodels.cache.store import FeatureCache
 from ltmodels.errors import ConfigError
-from tests.ltmodels.cache_fixtures import cache_datasets, probe_detector
+from tests.ltmodels.cache_fixtures import probe_detector
 
 TRAIN_IMAGES = 12
-
-
-@pytest.fixture(scope="module")
-def data(synth_small):
-    return cache_datasets(synth_small, TRAIN_IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +34,6 @@ def model(data):
     net.calls = []
     net.roi_heads.box_head.register_forward_hook(lambda *_: net.calls.append(1))
     return net.eval()
-
-
-@pytest.fixture(scope="module")
-def cache32(model, data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("fcache")
-    return build_feature_cache(
-        model, *data, root, key="f32", feature_dtype="float32", batch_size=1
-    )
 
 
 def test_cache_contents(model, data, cache32):
