@@ -61,6 +61,7 @@ from mo_asha_replay import (  # noqa: E402
     geometric_rungs,
     load_full,
     replay_rules,
+    rung_correlations,
     sync_selections,
     sync_summary,
 )
@@ -404,6 +405,11 @@ def replay_report(full_dir: Path, size: Size, orders: int) -> None:
             print(sync_summary(name, full, select).line(len(full.front())))
     front = sorted(full.front())
     print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
+    every = load_full(full_dir, OBJECTIVES, every_epoch(size), size.epochs)
+    names = ", ".join(o.metric for o in OBJECTIVES)
+    print(f"\nSpearman rank correlation of each epoch's values with the final means ({names}):")
+    for rung, rho in rung_correlations(every).items():
+        print(f"  epoch {rung}: " + " / ".join(f"{r:+.2f}" for r in rho))
 
 
 if __name__ == "__main__":

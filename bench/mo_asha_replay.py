@@ -173,6 +173,22 @@ def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) ->
     return Replay(epochs, trained, zero, nadir, len(full.front() & set(trained)))
 
 
+def rung_correlations(full: FullRun) -> dict[int, list[float]]:
+    """Per rung epoch of the full run, each objective's Spearman rank correlation between the
+    configurations' values there and their final means: how well the rung predicts the end
+    (a rule decides on the rung's order)."""
+    import pandas as pd
+
+    final = pd.DataFrame([full.final[c] for c in full.configs])
+    out = {}
+    for rung in full.rungs:
+        at = pd.DataFrame([full.rung_values[(c, rung)] for c in full.configs])
+        out[rung] = [
+            float(at[j].rank().corr(final[j].rank())) for j in range(len(full.directions))
+        ]
+    return out
+
+
 def replay_sync(full: FullRun, select: Selection) -> Replay:
     """Synchronous successive halving: every configuration still in reaches the rung, then
     ``select`` picks those that go on. Independent of the arrival order."""
@@ -360,6 +376,7 @@ __all__ = [
     "replay",
     "replay_rules",
     "replay_sync",
+    "rung_correlations",
     "sync_selections",
     "sync_summary",
     "top_selection",

@@ -16,6 +16,7 @@ from mo_asha_replay import (  # noqa: E402
     pareto_selection,
     replay,
     replay_sync,
+    rung_correlations,
     top_selection,
 )
 
@@ -112,3 +113,10 @@ def test_synchronous_front_selection_keeps_every_non_dominated_point() -> None:
     assert pareto_selection(4, MAX2, "ranked")(values) == {1}
     assert pareto_selection(4, MAX2, "front")(values) == {0, 1, 2}
     assert top_selection(2, 0)(np.array([[np.nan, 1.0], [0.2, 0.0], [0.3, 0.0]])) == {1, 2}
+
+
+def test_rung_correlations_are_spearman_of_each_rung_against_the_end() -> None:
+    rho = rung_correlations(_full())
+    # rung 1 ranks AP_r b > a > c, the end c > a > b; AP_f rung 1 b > a > c, the end a > b > c
+    assert rho[1] == pytest.approx([-1.0, 0.5])
+    assert rho[3] == pytest.approx([1.0, 1.0])
