@@ -405,6 +405,8 @@ def replay_report(full_dir: Path, size: Size, orders: int) -> None:
             print(sync_summary(name, full, select).line(len(full.front())))
     front = sorted(full.front())
     print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
+    if full.left_out:
+        print(f"left out (failed before the first rung, as under any rule): {full.left_out}")
     every = load_full(full_dir, OBJECTIVES, every_epoch(size), size.epochs)
     names = ", ".join(o.metric for o in OBJECTIVES)
     print(f"\nSpearman rank correlation of each epoch's values with the final means ({names}):")

@@ -35,7 +35,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -44,6 +44,7 @@ import numpy as np
 
 from ltsearch.report.pareto import hypervolume, pareto_rank
 from ltsearch.report.tables import prepare_runs, summarize
+from ltsearch.rows import row_label
 from ltsearch.run.moasha import PROMOTIONS, kept, nondominated_ranks, promote, promotion_order
 from ltsearch.run.rung_scheduler import Rule
 from ltsearch.rung_log import RUNG_KEY, read_log
@@ -69,6 +70,7 @@ class FullRun:
     rungs: list[int]
     n_seeds: int
     directions: list[str]
+    left_out: list[str] = field(default_factory=list)  # failed before the first rung (labels)
 
     def nadir(self) -> list[float]:
         """The worst value of each objective over every configuration's final means."""
@@ -101,11 +103,22 @@ class FullRun:
 
 def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[int],
               epochs: int) -> FullRun:  # fmt: skip
-    """Read a full run (nobody stopped) of :mod:`bench_mo_asha`."""
+    """Read a full run (nobody stopped) of :mod:`bench_mo_asha`.
+
+    A configuration whose run failed before its first rung (a loss that diverged in the
+    first epoch) fails the same way under every rule: it is left out, named in
+    ``FullRun.left_out``. One that failed after a rung would be seen differently by
+    different rules, and the run is refused."""
     records = read_log(study_dir)
     runs = ResultStore(study_dir).load_trials()
-    if (runs["status"] != "ok").any():
-        raise ValueError(f"{study_dir}: the full run has rows that are not ok")
+    if (runs["status"] == "stopped").any():
+        raise ValueError(f"{study_dir}: the full run has stopped rows: not a full run")
+    bad = set(runs.loc[runs["status"] != "ok", "config_hash"].astype(str))
+    if bad & {r.config_hash for r in records}:
+        raise ValueError(f"{study_dir}: a configuration failed after a rung: {sorted(bad)}")
+    failed = runs["config_hash"].astype(str).isin(bad)
+    left_out = sorted({row_label(r) for _, r in runs[failed].iterrows()})
+    runs = runs[~failed]
     seeds = int(runs["seed"].nunique())
     runs, _ = prepare_runs(runs)
     metrics = [o.metric for o in objectives]
@@ -121,7 +134,7 @@ def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[
     if missing or set(configs) != set(final):
         raise ValueError(f"{study_dir}: not a full run with every rung recorded ({missing[:3]})")
     return FullRun(configs, labels, values, final, epochs, list(rungs), seeds,
-                   [o.direction for o in objectives])  # fmt: skip
+                   [o.direction for o in objectives], left_out)  # fmt: skip
 
 
 @dataclass(frozen=True)

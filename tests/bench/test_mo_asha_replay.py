@@ -120,3 +120,33 @@ def test_rung_correlations_are_spearman_of_each_rung_against_the_end() -> None:
     # rung 1 ranks AP_r b > a > c, the end c > a > b; AP_f rung 1 b > a > c, the end a > b > c
     assert rho[1] == pytest.approx([-1.0, 0.5])
     assert rho[3] == pytest.approx([1.0, 1.0])
+
+
+def _row(chash: str, seed: int, status: str, apr: float, apf: float) -> dict[str, object]:
+    return {"study": "full", "trial_id": f"t-{chash}", "config_hash": chash, "loss": "ce",
+            "seed": seed, "status": status, "bbox/APr": apr, "bbox/APf": apf}  # fmt: skip
+
+
+def test_load_full_leaves_out_a_configuration_that_failed_before_its_first_rung(
+    tmp_path: Path,
+) -> None:
+    from mo_asha_replay import load_full
+
+    from ltsearch.rung_log import CONTINUE, RungRecord, append_log
+    from ltsearch.spec.sections import Objective
+    from ltsearch.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    for chash, apr, apf in (("aaaa", 0.2, 0.5), ("bbbb", 0.4, 0.3)):
+        for seed in (0, 1):
+            store.write_trial(_row(chash, seed, "ok", apr, apf))
+        append_log(tmp_path, RungRecord(chash, 1, [apr / 2, apf / 2], CONTINUE))
+    store.write_trial(_row("cccc", 0, "failed", float("nan"), float("nan")))
+    objectives = [Objective("bbox/APr", "max"), Objective("bbox/APf", "max")]
+    full = load_full(tmp_path, objectives, [1], 3)
+    assert full.configs == ["aaaa", "bbbb"] and full.left_out == ["ce"]
+    assert full.final["bbbb"] == pytest.approx([40.0, 30.0])  # means over seeds, in %
+    # a configuration that failed after a rung would be seen differently by each rule
+    append_log(tmp_path, RungRecord("cccc", 1, [0.0, 0.0], CONTINUE))
+    with pytest.raises(ValueError, match="failed after a rung"):
+        load_full(tmp_path, objectives, [1], 3)
