@@ -207,19 +207,25 @@ def measure(name: str, spec: StudySpec, wall_s: float) -> Outcome:
     )
 
 
-def pretrain(storage: Path) -> Path:
+def pretrain(
+    storage: Path,
+    images: int = PRETRAIN_DATASET["train_images"],
+    epochs: int = PRETRAIN_EPOCHS,
+) -> Path:
     """The tiny backbone every trial starts from: a CE detector trained end to end on
-    :data:`PRETRAIN_DATASET` (not the study's images), its backbone saved as a state dict.
-    Kept under ``storage`` and reused (``--keep``)."""
-    out = storage / "tiny_backbone.pt"
+    :data:`PRETRAIN_DATASET` (not the study's images; ``images`` of them, ``epochs``
+    epochs), its backbone saved as a state dict. Kept under ``storage`` and reused
+    (``--keep``)."""
+    default = (images, epochs) == (PRETRAIN_DATASET["train_images"], PRETRAIN_EPOCHS)
+    out = storage / ("tiny_backbone.pt" if default else f"tiny_backbone-{images}i-{epochs}e.pt")
     if out.is_file():
         return out
     spec = spec_from_dict(
         {
-            "name": "pretrain",
-            "dataset": PRETRAIN_DATASET,
+            "name": "pretrain" if default else f"pretrain-{images}i-{epochs}e",
+            "dataset": {**PRETRAIN_DATASET, "train_images": images},
             "model": MODEL,
-            "training": {**TRAINING, "batch_size": 8, "epochs": PRETRAIN_EPOCHS},
+            "training": {**TRAINING, "batch_size": 8, "epochs": epochs},
             "loss": {"choice": [{"name": "ce"}]},
             "search": {"sampler": "grid", "objectives": ["bbox/AP:max"], "seeds": [0]},
             "storage": str(storage),
@@ -284,6 +290,15 @@ def main() -> None:
         "--wide", action="store_true", help="64 configurations (finer grids) x 2 seeds x 9 epochs"
     )
     parser.add_argument(
+        "--pretrain-images",
+        type=int,
+        default=PRETRAIN_DATASET["train_images"],
+        help="images (other than the study's) the backbone is pretrained on",
+    )
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=PRETRAIN_EPOCHS, help="epochs of that pretraining"
+    )
+    parser.add_argument(
         "--full-concurrent",
         type=int,
         default=1,
@@ -335,7 +350,7 @@ def main() -> None:
     storage.mkdir(parents=True, exist_ok=True)
     n_configs = make_spec("full", storage, size, early=False).n_trials
     t0 = time.perf_counter()
-    weights = pretrain(storage)
+    weights = pretrain(storage, args.pretrain_images, args.pretrain_epochs)
     print(f"pretraining: {time.perf_counter() - t0:.0f} s", flush=True)
     epoch_s, eval_s = calibrate(storage, weights)
     full_epochs = n_configs * len(size.seeds) * size.epochs
