@@ -55,16 +55,9 @@ import torch
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from mo_asha_replay import (  # noqa: E402
-    HEADER,
     asha_rule,
-    compare,
-    geometric_rungs,
-    load_full,
-    replay_rules,
-    rung_correlations,
-    sync_selections,
-    sync_summary,
 )
+from mo_asha_report import replay_report  # noqa: E402
 
 from ltmodels.trial.run import run_trial  # noqa: E402
 from ltsearch.report.pareto import hypervolume  # noqa: E402
@@ -385,48 +378,18 @@ def main() -> None:
         if outcomes and outcomes[0].name == "full":
             report(outcomes, size, n_configs)
         if args.orders > 0 and (full_dir / "rungs.jsonl").is_file():
-            replay_report(full_dir, size, args.orders)
+            replay_report(
+                full_dir,
+                (size.rungs, size.reduction, size.epochs),
+                lambda r, k: make_spec("full", storage, replace(size, rungs=r, reduction=k), True),
+                OBJECTIVES,
+                args.orders,
+            )
         elif args.orders > 0:
             print("no replay: it needs the full run's rung values (--runs full)")
     finally:
         if args.keep is None:
             shutil.rmtree(storage, ignore_errors=True)
-
-
-def replay_report(full_dir: Path, size: Size, orders: int) -> None:
-    """Every rule on the size's rungs and reduction, then on a grid of first rungs and
-    reductions (geometric rungs, as ASHA's), each over the same ``orders`` arrival orders."""
-    settings = [(size.rungs, size.reduction)]
-    for first in (1, 2, 3):
-        for reduction in (2, 3, 4):
-            rungs = geometric_rungs(first, reduction, size.epochs)
-            if rungs and (rungs, reduction) not in settings:
-                settings.append((rungs, reduction))
-    print(
-        f"\nreplayed on the full run's values at every epoch ({full_dir}): the grid order and "
-        f"{orders - 1} random orders (the same for every rule); epochs as a share of the full "
-        "run's; targets: <= 33% of the epochs and >= 95% of the hypervolume"
-    )
-    for rungs, reduction in settings:
-        setting = replace(size, rungs=rungs, reduction=reduction)
-        spec = make_spec("full", full_dir.parent, setting, True)
-        full = load_full(full_dir, OBJECTIVES, rungs, size.epochs)
-        slots = spec.resources.max_concurrent_trials
-        print(f"\nrungs {rungs}, reduction {reduction}, {slots} trial(s) at a time")
-        print(HEADER)
-        for summary in compare(full, replay_rules(spec), orders, slots):
-            print(summary.line(len(full.front())))
-        for name, select in sync_selections(spec).items():  # no order: one outcome each
-            print(sync_summary(name, full, select).line(len(full.front())))
-    front = sorted(full.front())
-    print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
-    if full.left_out:
-        print(f"left out (failed before the first rung, as under any rule): {full.left_out}")
-    every = load_full(full_dir, OBJECTIVES, every_epoch(size), size.epochs)
-    names = ", ".join(o.metric for o in OBJECTIVES)
-    print(f"\nSpearman rank correlation of each epoch's values with the final means ({names}):")
-    for rung, rho in rung_correlations(every).items():
-        print(f"  epoch {rung}: " + " / ".join(f"{r:+.2f}" for r in rho))
 
 
 if __name__ == "__main__":
