@@ -117,6 +117,9 @@ class TrialConfig:
             run would have gone on (the rungs of early stopping, ``ltsearch.run.rungs``).
             The learning-rate schedule always spans ``train.epochs``. Not for a
             feature-cache stage 2 (``use_feature_cache``), which trains in one go.
+        build_threads: torch threads for building what the study's trials share (the
+            stage-1 model, the feature cache) on CPU while they wait for it
+            (:mod:`ltmodels.engine.threads`); 0 keeps the process's own setting.
     """
 
     data: DataConfig
@@ -131,6 +134,7 @@ class TrialConfig:
     loader_workers: int = 0
     full_eval: bool = False
     stop_at_epoch: int | None = None
+    build_threads: int = 0
 
 
 @dataclass

@@ -40,6 +40,7 @@ from ltmodels.cache.member import Member, Optim
 from ltmodels.cache.train import PackTimes, train_pack
 from ltmodels.engine import phases
 from ltmodels.engine.checkpoint import recorded_sha256
+from ltmodels.engine.threads import torch_threads
 from ltmodels.trial.config import TrialConfig, TrialResult, stage_key_fields
 from ltmodels.trial.schedules import (
     device_of,
@@ -153,7 +154,8 @@ def _train_and_evaluate(
     device = device_of(first.device)
     spec = model_spec(dict(first.model))
     plain_train = LVISDetection(first.data.train_json, first.data.train_root, with_masks=False)
-    with timer("cache"):
+    lend = first.build_threads if device.type == "cpu" else 0
+    with timer("cache"), torch_threads(lend):  # the waiting trials' cores build it too
         cache = build_feature_cache(
             built[0][1],
             plain_train,

@@ -39,6 +39,7 @@ from ltmodels.engine.checkpoint import (
     save_checkpoint,
 )
 from ltmodels.engine.evaluate import predict, score_detections
+from ltmodels.engine.threads import torch_threads
 from ltmodels.losses import build_loss
 from ltmodels.modeling.detector import ModelSpec, build_detector
 from ltmodels.trial.config import StageConfig, TrialConfig, TrialResult, stage_key_fields
@@ -154,7 +155,9 @@ def ensure_stage1(
             torch.distributed.broadcast_object_list(flag, src=0)
             train = bool(flag[0])
         if train:
-            _train_stage1(cfg, spec, train_set, device, final, key)
+            lend = cfg.build_threads if device.type == "cpu" and not distributed else 0
+            with torch_threads(lend):
+                _train_stage1(cfg, spec, train_set, device, final, key)
         if distributed:
             torch.distributed.barrier()
         if train and leader:  # the weights are final: drop the resumable training state
@@ -177,7 +180,8 @@ def _train_stage1(
     torch.manual_seed(stage.seed)
     model = build_model(spec, stage, train_set, device)
     loader = train_loader(train_set, stage, seed=stage.seed, workers=cfg.loader_workers)
-    log.info("training stage 1 (%s) into %s", stage.loss, final.parent)
+    threads = torch.get_num_threads()
+    log.info("training stage 1 (%s) into %s, %d thread(s)", stage.loss, final.parent, threads)
 
     n_epochs = stage.budget(len(loader))[0]
 
@@ -197,7 +201,9 @@ def _train_stage1(
     if dist_utils.rank() == 0:
         final.parent.mkdir(parents=True, exist_ok=True)
         (final.parent / "stage1.json").write_text(
-            json.dumps({"stage1": asdict(stage), "model": asdict(spec)}, default=str)
+            json.dumps(
+                {"stage1": asdict(stage), "model": asdict(spec), "threads": threads}, default=str
+            )
         )
         save_checkpoint(final, model=model, epoch=n_epochs, extra={"key": key})
 

@@ -119,6 +119,7 @@ def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], 
             seed=seed,
         )
     return TrialConfig(
+        build_threads=build_threads(spec),
         data=DataConfig(**ctx.data),
         train=train,
         stage1=stage1,
@@ -130,6 +131,20 @@ def trial_config(ctx: StudyContext, spec: StudySpec, choice: Mapping[str, Any], 
         cache_dir=ctx.cache_dir,
         full_eval=full_eval,
     )
+
+
+def build_threads(spec: StudySpec) -> int:
+    """Threads for a shared build (stage 1, the feature cache) in a one-CPU-worker trial:
+    ``resources.build_threads``, else the CPUs of the study's concurrent trials (which all
+    wait for that build) that this node has; 0 (the process's own) for DDP or GPU trials."""
+    r = spec.resources
+    if r.workers != 1 or r.gpus_per_worker > 0:
+        return 0
+    if r.build_threads is not None:
+        return r.build_threads
+    from ltmodels.engine.threads import build_threads_for, node_cpus
+
+    return build_threads_for(r.max_concurrent_trials, r.cpus_per_worker, node_cpus())
 
 
 def run_seed(
@@ -257,6 +272,6 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
 
 
 __all__ = [
-    "ERROR_KEY", "STOP_KEY", "StudyContext", "execute_trial", "make_trial_fn", "mean_metrics",
-    "resolve_data", "run_seed", "trial_config",
+    "ERROR_KEY", "STOP_KEY", "StudyContext", "build_threads", "execute_trial", "make_trial_fn",
+    "mean_metrics", "resolve_data", "run_seed", "trial_config",
 ]  # fmt: skip

@@ -233,12 +233,19 @@ class SearchSpec(Strict):
 
 
 class Resources(Strict):
-    """Per trial: ``workers`` DDP workers of ``cpus_per_worker``/``gpus_per_worker`` each."""
+    """Per trial: ``workers`` DDP workers of ``cpus_per_worker``/``gpus_per_worker`` each.
+
+    ``build_threads``: torch threads of the one-CPU-worker trial that builds what every
+    trial of a decoupled study needs (stage 1, the feature cache) while the others wait for
+    it; ``None``: the waiting trials' CPUs, ``max_concurrent_trials x cpus_per_worker``, at
+    most the node's. Not hashed: like the worker count it changes summation order, not
+    what is trained."""
 
     workers: PosInt = 1
     cpus_per_worker: PosFloat = 1.0
     gpus_per_worker: Annotated[Float, Field(ge=0)] = 0.0
     max_concurrent_trials: PosInt = 1
+    build_threads: PosInt | None = None
 
 
 class Unexpressed(Strict):
