@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the three studies under this directory")
     parser.add_argument("--rungs", type=int, nargs="+", help="rung epochs instead of the size's")
     parser.add_argument("--reduction", type=int, help="reduction instead of the size's")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 instead of the size's")
     parser.add_argument(
         "--promotion",
         choices=PROMOTIONS,
@@ -337,6 +338,7 @@ def main() -> None:
         size,
         rungs=args.rungs or size.rungs,
         reduction=args.reduction or size.reduction,
+        seeds=list(range(args.seeds)) if args.seeds else size.seeds,
         validation={"val_images": args.val_images, "min_val_images": args.min_val_images},
     )
     storage = Path(args.keep or tempfile.mkdtemp(prefix="bench-mo-asha-")).resolve()

@@ -1,12 +1,14 @@
 """The replay report of :mod:`bench_mo_asha`: every rule of :mod:`mo_asha_replay`, both
 asynchronous and synchronous, on a full run's values over many arrival orders and rung
-settings, and how well each epoch predicts the end."""
+settings, how well each epoch predicts the end, and the noise ceiling of any rule
+(:mod:`mo_asha_ceiling`)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mo_asha_ceiling import ceiling_report
 from mo_asha_replay import (
     HEADER,
     compare,
@@ -64,6 +66,7 @@ def replay_report(
     print(f"\nSpearman rank correlation of each epoch's values with the final means ({names}):")
     for rung, rho in rung_correlations(every).items():
         print(f"  epoch {rung}: " + " / ".join(f"{r:+.2f}" for r in rho))
+    ceiling_report(full_dir, objectives, epochs)
 
 
 __all__ = ["replay_report"]
