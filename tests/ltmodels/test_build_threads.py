@@ -12,19 +12,12 @@ from typing import Any
 import pytest
 import torch
 
-from ltmodels.data.synthetic import SynthConfig, SynthPaths, ensure_synthetic
+from ltmodels.data.synthetic import SynthPaths, ensure_synthetic
 from ltmodels.engine.threads import build_threads_for, torch_threads
 from ltmodels.trial import pack
-from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
+from ltmodels.trial.config import DataConfig
 from ltmodels.trial.run import run_trial
-
-SYNTH = SynthConfig(num_classes=8, train_images=16, val_images=8, image_size=64, seed=0)
-MODEL = {"backbone": "tiny", "min_size": 64, "max_size": 64, "masks": False}
-STAGE1 = StageConfig(loss="ce", epochs=1, lr=0.02, batch_size=4, warmup_iters=2)
-CACHED = StageConfig(
-    loss="ce", epochs=1, lr=0.01, batch_size=8, warmup_iters=2,
-    finetune=("box_predictor",), use_feature_cache=True,
-)  # fmt: skip
+from tests.ltmodels.cache_fixtures import TINY_SYNTH, tiny_decoupled
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +31,7 @@ def one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthPaths:
-    return ensure_synthetic(tmp_path_factory.mktemp("threads-data"), SYNTH)
+    return ensure_synthetic(tmp_path_factory.mktemp("threads-data"), TINY_SYNTH)
 
 
 def test_torch_threads_sets_and_gives_back() -> None:
@@ -76,11 +69,8 @@ def test_stage1_and_cache_build_with_the_lent_threads_stage2_without(
     monkeypatch.setattr(pack, "build_feature_cache", spy_build)
     monkeypatch.setattr(pack, "train_pack", spy_train)
     root = str(synth.root)
-    cfg = TrialConfig(
-        data=DataConfig(str(synth.train_json), str(synth.val_json), root, root),
-        train=CACHED, stage1=STAGE1, schedule="decoupled", model=MODEL, eval_masks=False,
-        cache_dir=str(tmp_path / "cache"), build_threads=2,
-    )  # fmt: skip
+    data = DataConfig(str(synth.train_json), str(synth.val_json), root, root)
+    cfg = tiny_decoupled(data, tmp_path / "cache", build_threads=2)
     result = run_trial(cfg, workdir=tmp_path / "run")
     assert result.metrics["bbox/AP"] >= 0
     [meta] = (tmp_path / "cache" / "stage1").glob("*/stage1.json")

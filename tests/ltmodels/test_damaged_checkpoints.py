@@ -16,20 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ltmodels.data.synthetic import SynthConfig, SynthPaths, ensure_synthetic
+from ltmodels.data.synthetic import SynthPaths, ensure_synthetic
 from ltmodels.engine.checkpoint import checkpoint_problem, recorded_sha256
 from ltmodels.trial import schedules
 from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
 from ltmodels.trial.run import run_trial
 from ltmodels.trial.stages import datasets, train_loader, train_stage
+from tests.ltmodels.cache_fixtures import TINY_MODEL, TINY_STAGE1, TINY_SYNTH, tiny_decoupled
 
-SYNTH = SynthConfig(num_classes=8, train_images=16, val_images=8, image_size=64, seed=0)
-MODEL = {"backbone": "tiny", "min_size": 64, "max_size": 64, "masks": False}
-STAGE1 = StageConfig(loss="ce", epochs=1, lr=0.02, batch_size=4, warmup_iters=2)
-CACHED = StageConfig(
-    loss="ce", epochs=1, lr=0.01, batch_size=8, warmup_iters=2,
-    finetune=("box_predictor",), use_feature_cache=True,
-)  # fmt: skip
+SYNTH, MODEL, STAGE1 = TINY_SYNTH, TINY_MODEL, TINY_STAGE1
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +50,7 @@ def flip_a_weight_bit(path: Path) -> None:
 
 
 def decoupled(data: DataConfig, cache: Path, stage1: StageConfig = STAGE1) -> TrialConfig:
-    return TrialConfig(
-        data=data, train=CACHED, stage1=stage1, schedule="decoupled", model=MODEL,
-        eval_masks=False, cache_dir=str(cache),
-    )  # fmt: skip
+    return tiny_decoupled(data, cache, stage1)
 
 
 def messages(caplog: pytest.LogCaptureFixture) -> str:
