@@ -6,6 +6,8 @@ Shape shorthand: R candidate RoIs of one image, C foreground classes, M detectio
 from __future__ import annotations
 
 import torch
+from torch import nn
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import boxes as box_ops
 
 
@@ -66,4 +68,27 @@ def mask_probs(mask_logits: torch.Tensor, labels: list[torch.Tensor]) -> list[to
     return list(probs.split([len(lab) for lab in labels]))
 
 
-__all__ = ["mask_probs", "select_detections"]
+def own_class_mask_logits(
+    predictor: nn.Module, features: torch.Tensor, labels: list[torch.Tensor]
+) -> torch.Tensor | None:
+    """``[M, 1, S, S]`` mask logits of each detection's own class, from the mask head's
+    features ``[M, D, S/2, S/2]``; ``None`` unless ``predictor`` is torchvision's
+    ``MaskRCNNPredictor``.
+
+    That predictor ends in a 1x1 convolution to C + 1 channels, of which inference reads
+    one per detection: this computes that channel alone (a dot product with the class's
+    weight row), the same sum in another order (within ~1e-6). At 300 detections per image
+    the other C channels were a quarter of CPU mask inference.
+    """
+    if type(predictor) is not MaskRCNNPredictor or not labels:
+        return None
+    x = predictor.relu(predictor.conv5_mask(features))
+    conv = predictor.mask_fcn_logits
+    flat = torch.cat(labels)
+    logits = torch.einsum("nchw,nc->nhw", x, conv.weight[flat, :, 0, 0])
+    if conv.bias is not None:
+        logits = logits + conv.bias[flat][:, None, None]
+    return logits[:, None]
+
+
+__all__ = ["mask_probs", "own_class_mask_logits", "select_detections"]

@@ -35,7 +35,7 @@ from torchvision.ops import generalized_box_iou_loss
 from ltmodels.losses.base import LongTailLoss
 from ltmodels.losses.feature_sampling import bind_memory, memory_of
 from ltmodels.losses.mfs import MemorySample, memory_gt_index
-from ltmodels.modeling.detections import mask_probs, select_detections
+from ltmodels.modeling.detections import mask_probs, own_class_mask_logits, select_detections
 from ltmodels.modeling.roi_mfs import memory_box_loss, push_dense_features
 
 BOX_LOSSES = ("smooth_l1", "giou")
@@ -249,15 +249,20 @@ class LongTailRoIHeads(RoIHeads):
             pos_matched = [m[i] for m, i in zip(matched_idxs, pos, strict=True)]
         else:
             boxes = [r["boxes"] for r in result]
-        x = self.mask_roi_pool(features, boxes, image_shapes)
-        mask_logits = self.mask_predictor(self.mask_head(x))
+        x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
         if sampled is not None and targets is not None:
+            mask_logits = self.mask_predictor(x)
             gt_masks = [t["masks"] for t in targets]
             gt_labels = [t["labels"] for t in targets]
             return {
                 "loss_mask": maskrcnn_loss(mask_logits, boxes, gt_masks, gt_labels, pos_matched)
             }
-        probs = mask_probs(mask_logits, [r["labels"] for r in result])
+        labels = [r["labels"] for r in result]
+        own = own_class_mask_logits(self.mask_predictor, x, labels)
+        if own is not None:  # inference reads one class channel per detection
+            probs = list(own.sigmoid().split([len(lab) for lab in labels]))
+        else:
+            probs = mask_probs(self.mask_predictor(x), labels)
         for prob, r in zip(probs, result, strict=True):
             r["masks"] = prob
         return {}

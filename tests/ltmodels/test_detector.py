@@ -6,10 +6,14 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from torch import nn
+from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import maskrcnn_inference
 
 from ltmodels.errors import ConfigError
 from ltmodels.losses import LOSSES, LongTailLoss, build_loss
+from ltmodels.modeling import roi_heads
+from ltmodels.modeling.detections import own_class_mask_logits
 from ltmodels.modeling.detector import ModelSpec, build_detector
 from ltmodels.modeling.heads import CosinePredictor, LinearPredictor, build_predictor
 from ltmodels.modeling.roi_heads import mask_probs, matched_gt_index, select_detections
@@ -254,6 +258,31 @@ def test_mask_probs_equal_torchvision_inference() -> None:
     ref = maskrcnn_inference(logits, labels)
     assert [t.shape for t in ours] == [t.shape for t in ref]
     assert all(torch.equal(a, b) for a, b in zip(ours, ref, strict=True))
+
+
+def test_own_class_mask_logits_equal_the_predictors_channel() -> None:
+    torch.manual_seed(0)
+    pred = MaskRCNNPredictor(8, 8, C + 1)
+    feats = torch.randn(5, 8, 7, 7)
+    labels = [torch.tensor([1, 3]), torch.tensor([], dtype=torch.long), torch.tensor([2, 2, 1])]
+    own = own_class_mask_logits(pred, feats, labels)
+    assert own is not None and own.shape == (5, 1, 14, 14)
+    full = pred(feats)[torch.arange(5), torch.cat(labels)]
+    torch.testing.assert_close(own[:, 0], full, atol=1e-5, rtol=1e-5)
+    assert own_class_mask_logits(nn.Identity(), feats, labels) is None  # others: the full path
+
+
+def test_mask_inference_equals_the_full_predictors(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = build_detector(tiny(), loss_for("ce"), C).eval()
+    images, _ = make_batch(n_images=2)
+    with torch.no_grad():
+        fast = model(images)
+    monkeypatch.setattr(roi_heads, "own_class_mask_logits", lambda *args: None)
+    with torch.no_grad():
+        full = model(images)
+    for a, b in zip(fast, full, strict=True):
+        assert len(a["labels"]) > 0 and torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["masks"], b["masks"], atol=1e-5, rtol=0)
 
 
 def test_box_only_inference_skips_masks() -> None:
