@@ -45,8 +45,8 @@ def seed_table(study_dir: Path, objectives: Sequence[Objective]) -> dict[int, pd
     return {s: t.loc[common].astype(float) for s, t in tables.items()}
 
 
-def halves(per_seed: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The mean over the first ``n // 2`` seeds and over the rest.
+def seed_halves(per_seed: dict[int, pd.DataFrame]) -> tuple[list[int], list[int]]:
+    """The first ``n // 2`` seeds and the rest.
 
     Raises:
         ValueError: fewer than two seeds.
@@ -54,12 +54,17 @@ def halves(per_seed: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFram
     seeds = sorted(per_seed)
     if len(seeds) < 2:
         raise ValueError("the noise ceiling needs at least two seeds")
-    h = len(seeds) // 2
+    return seeds[: len(seeds) // 2], seeds[len(seeds) // 2 :]
+
+
+def halves(per_seed: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The mean over each of :func:`seed_halves`."""
 
     def mean(group: list[int]) -> pd.DataFrame:
         return sum(per_seed[s] for s in group) / len(group)  # type: ignore[return-value]
 
-    return mean(seeds[:h]), mean(seeds[h:])
+    first, second = seed_halves(per_seed)
+    return mean(first), mean(second)
 
 
 def seed_agreement(per_seed: dict[int, pd.DataFrame]) -> list[float]:
@@ -104,7 +109,7 @@ def ceiling_report(study_dir: Path, objectives: Sequence[Objective], epochs: int
     a first rung at epoch 1 allows, and at a third and a half of the configurations."""
     per_seed = seed_table(study_dir, objectives)
     n = len(next(iter(per_seed.values())))
-    a, b = (sorted(per_seed)[: len(per_seed) // 2], sorted(per_seed)[len(per_seed) // 2 :])
+    a, b = seed_halves(per_seed)
     names = ", ".join(o.metric for o in objectives)
     rho = " / ".join(f"{r:+.2f}" for r in seed_agreement(per_seed))
     print(f"\nthe noise ceiling: seeds {a} against seeds {b}, {n} configurations")
@@ -123,6 +128,7 @@ __all__ = [
     "ceiling_report",
     "halves",
     "seed_agreement",
+    "seed_halves",
     "seed_table",
     "split_half_shares",
 ]

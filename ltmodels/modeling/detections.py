@@ -78,7 +78,7 @@ def own_class_mask_logits(
     That predictor ends in a 1x1 convolution to C + 1 channels, of which inference reads
     one per detection: this computes that channel alone (a dot product with the class's
     weight row), the same sum in another order (within ~1e-6). At 300 detections per image
-    the other C channels were a quarter of CPU mask inference.
+    the other C channels were a fifth of CPU mask inference.
     """
     if type(predictor) is not MaskRCNNPredictor or not labels:
         return None

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from ltsearch.errors import SpecError
-from ltsearch.run import trainable
 from ltsearch.run.trainable import build_threads, mean_metrics
 from ltsearch.spec.study import StudySpec, spec_from_dict
 
@@ -60,7 +59,6 @@ def test_build_threads_follow_the_concurrent_trials(monkeypatch: pytest.MonkeyPa
     # DDP and GPU trials keep what Ray Train and CUDA set
     assert build_threads(spec_with({"workers": 2, "max_concurrent_trials": 2})) == 0
     assert build_threads(spec_with({"gpus_per_worker": 1, "max_concurrent_trials": 2})) == 0
-    assert trainable.build_threads is build_threads
 
 
 def test_build_threads_below_one_is_refused() -> None:
