@@ -37,9 +37,13 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import nms
 
 from ltmodels.cache.store import FeatureCache
-from ltmodels.engine.evaluate import score_detections
 from ltmodels.errors import ConfigError
-from ltmodels.evaluation.metrics import LvisGroundTruth, load_lvis_gt
+from ltmodels.evaluation.metrics import (
+    ImageBoxes,
+    LvisGroundTruth,
+    evaluate_lvis_boxes,
+    load_lvis_gt,
+)
 from ltmodels.losses.base import LongTailLoss
 
 _CHUNK_SCORES = 1 << 24  # padded score entries per chunk (64 MiB of float32)
@@ -191,26 +195,52 @@ def _chunk_detections(
     )
 
 
-def _lvis_dicts(
+def _image_boxes(
     dets: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     image_id: int,
     scale: np.ndarray,
     cat_ids: np.ndarray,
-) -> list[dict[str, Any]]:
-    """One image's detections as LVIS result dicts (xywh in LVIS image coordinates)."""
+) -> ImageBoxes:
+    """One image's detections in LVIS terms: xywh boxes in LVIS image coordinates (scaled
+    in float32, then widened to float64), scores, category ids."""
     boxes, scores, labels = (t.cpu() for t in dets)
     sx, sy = float(scale[1]), float(scale[0])
     boxes = boxes * torch.tensor([sx, sy, sx, sy])
     boxes[:, 2:] -= boxes[:, :2]
-    cats = cat_ids[labels.numpy()].tolist()
+    return ImageBoxes(
+        image_id,
+        boxes.numpy().astype(np.float64),
+        scores.numpy().astype(np.float64),
+        cat_ids[labels.numpy()],
+    )
+
+
+def _lvis_dicts(image: ImageBoxes) -> list[dict[str, Any]]:
+    """An image's detections as LVIS result dicts."""
     return [
-        {"image_id": image_id, "category_id": c, "bbox": b, "score": s}
-        for c, b, s in zip(cats, boxes.tolist(), scores.tolist(), strict=True)
+        {"image_id": image.image_id, "category_id": c, "bbox": b, "score": s}
+        for c, b, s in zip(
+            image.category_ids.tolist(), image.boxes.tolist(), image.scores.tolist(), strict=True
+        )
+    ]
+
+
+def predict_cached(
+    predictors: Sequence[tuple[nn.Module, LongTailLoss]],
+    cache: FeatureCache,
+    **options: Any,
+) -> list[list[dict[str, Any]]]:
+    """LVIS box results of each ``(predictor, loss)`` on the cached validation proposals:
+    :func:`predict_boxes`'s detections as result dicts ``{image_id, category_id, bbox
+    (xywh), score}``, all validation images in one list per predictor."""
+    return [
+        [d for image in images for d in _lvis_dicts(image)]
+        for images in predict_boxes(predictors, cache, **options)
     ]
 
 
 @torch.no_grad()
-def predict_cached(
+def predict_boxes(
     predictors: Sequence[tuple[nn.Module, LongTailLoss]],
     cache: FeatureCache,
     *,
@@ -220,8 +250,8 @@ def predict_cached(
     topk_candidates: int | None = 2000,
     images_per_chunk: int = 64,
     device: torch.device | str = "cpu",
-) -> list[list[dict[str, Any]]]:
-    """LVIS box results of each ``(predictor, loss)`` on the cached validation proposals.
+) -> list[list[ImageBoxes]]:
+    """Box detections of each ``(predictor, loss)`` on the cached validation proposals.
 
     Args:
         predictors: box predictors (on ``device``) with the loss that scores their logits.
@@ -233,8 +263,8 @@ def predict_cached(
             chunk's padded scores stay under 16M entries).
 
     Returns:
-        Per predictor, the list of result dicts ``{image_id, category_id, bbox (xywh),
-        score}`` over all validation images.
+        Per predictor, one :class:`~ltmodels.evaluation.metrics.ImageBoxes` per validation
+        image (LVIS image coordinates and category ids).
     """
     for _, loss in predictors:
         if loss.num_classes != cache.num_classes:
@@ -256,7 +286,7 @@ def predict_cached(
         p.eval()
     pmax = max(int(val["rows"].max()), 1)
     chunk = max(1, min(images_per_chunk, _CHUNK_SCORES // (pmax * max(cache.num_classes, 1))))
-    results: list[list[dict[str, Any]]] = [[] for _ in predictors]
+    results: list[list[ImageBoxes]] = [[] for _ in predictors]
     offsets = val["offsets"]
     for start in range(0, cache.num_val_images, chunk):
         end = min(start + chunk, cache.num_val_images)
@@ -270,7 +300,7 @@ def predict_cached(
             scores = loss.scores(classifier_logits(predictor, x).float())
             dets = _chunk_detections(scores, x, predictor, proposals, counts, shapes, coder, opts)
             for i, d in enumerate(dets):
-                out.extend(_lvis_dicts(d, int(val["image_ids"][start + i]), scale[i], cat_ids))
+                out.append(_image_boxes(d, int(val["image_ids"][start + i]), scale[i], cat_ids))
     for (p, _), mode in zip(predictors, modes, strict=True):
         p.train(mode)
     return results
@@ -285,9 +315,9 @@ def evaluate_cached(
     """LVIS bbox metrics of each predictor on the cache's validation images.
 
     Args:
-        predictors, cache: as :func:`predict_cached`.
+        predictors, cache: as :func:`predict_boxes`.
         gt: the validation ground truth (parsed once for all predictors).
-        predict_kwargs: :func:`predict_cached`'s options.
+        predict_kwargs: :func:`predict_boxes`'s options.
 
     Returns:
         Per predictor, the flat metrics ``{"bbox/AP": ..., "bbox/APr": ...}`` and the
@@ -295,10 +325,17 @@ def evaluate_cached(
     """
     gt_data = gt if isinstance(gt, LvisGroundTruth) else load_lvis_gt(gt)
     out = []
-    for dets in predict_cached(predictors, cache, **predict_kwargs):
-        metrics, per_category = score_detections(dets, gt_data, iou_types=("bbox",))
-        out.append((metrics, per_category["bbox"]))
+    for images in predict_boxes(predictors, cache, **predict_kwargs):
+        result = evaluate_lvis_boxes(gt_data, images)
+        per_category = result.pop("per_category")
+        out.append(({f"bbox/{k}": float(v) for k, v in result.items()}, per_category))
     return out
 
 
-__all__ = ["classifier_logits", "evaluate_cached", "grouped_nms", "predict_cached"]
+__all__ = [
+    "classifier_logits",
+    "evaluate_cached",
+    "grouped_nms",
+    "predict_boxes",
+    "predict_cached",
+]

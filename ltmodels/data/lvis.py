@@ -30,6 +30,7 @@ from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
 from ltmodels.data._lvis_index import GROUP_OF_FREQUENCY, LVISIndex, clip_box
+from ltmodels.data.parsed import memoised
 from ltmodels.errors import DatasetError
 
 Target = dict[str, Any]
@@ -57,8 +58,8 @@ class LVISDetection(Dataset):
         transforms: Transform | None = None,
         with_masks: bool = True,
     ) -> None:
-        data, source = _load_json(ann)
-        index = LVISIndex(data, source, with_masks=with_masks)
+        index = _index(ann, with_masks=with_masks)
+        source = index.source
         self.source = source
         self.image_root = Path(image_root)
         self.transforms = transforms
@@ -246,6 +247,19 @@ def collate_fn(
 ) -> tuple[list[torch.Tensor], list[Target]]:
     """Batch of (image, target) pairs -> (list of images, list of targets)."""
     return [image for image, _ in batch], [target for _, target in batch]
+
+
+def _index(ann: str | Path | dict, *, with_masks: bool) -> LVISIndex:
+    """The validated index of ``ann``; of a file, parsed once per process while it is
+    unchanged (:func:`ltmodels.data.parsed.memoised`)."""
+    if isinstance(ann, dict):
+        return LVISIndex(ann, "<LVIS dict>", with_masks=with_masks)
+
+    def build() -> LVISIndex:
+        data = memoised("lvis-json", ann, lambda: _load_json(ann)[0])
+        return LVISIndex(data, str(Path(ann)), with_masks=with_masks)
+
+    return memoised(("lvis-index", with_masks), ann, build)
 
 
 def _load_json(ann: str | Path | dict) -> tuple[dict[str, Any], str]:
