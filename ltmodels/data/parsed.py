@@ -11,9 +11,9 @@ changes.
 A file's identity is its resolved path, size and content digest (:func:`file_identity`):
 a file rewritten with other bytes makes a new entry, whatever its timestamps say. The
 objects kept are shared, not copied; the callers treat them as read-only. At most
-:data:`ENTRIES` are kept (least recently used first out), so a process holds at most the
-few files it works with; at LVIS scale a parsed training file is gigabytes, which the
-trial that uses it holds anyway. A build that raises keeps nothing.
+:data:`ENTRIES` are kept (least recently used first out), and only of files up to
+:data:`MAX_BYTES`, so a process holds at most the few small files it works with. A build
+that raises keeps nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +30,11 @@ T = TypeVar("T")
 ENTRIES = 8
 """Built objects kept per process (a trial uses the training JSON as data, with and
 without masks, the validation JSON as data and its ground truth for the evaluator)."""
+
+MAX_BYTES = 64 << 20
+"""Larger files are parsed every time, as before: LVIS v1's annotation files (1.1 GB train,
+190 MB val) parse into gigabytes that a long-lived process (the study's driver, a reused
+actor between studies) should not keep, and a trial on them lasts hours, not seconds."""
 
 _LOCK = threading.Lock()
 _MEMO: OrderedDict[tuple[Hashable, ...], Any] = OrderedDict()
@@ -64,6 +69,8 @@ def memoised(kind: Hashable, path: str | Path, build: Callable[[], T]) -> T:
         build: reads ``path``; called at most once per identity while the entry is kept.
     """
     try:
+        if Path(path).stat().st_size > MAX_BYTES:
+            return build()
         key = (kind, *file_identity(path))
     except OSError:
         return build()

@@ -100,3 +100,13 @@ def test_the_memo_is_bounded(tmp_path: Path) -> None:
     assert parsed.memoised("text", paths[-1], lambda: -1) == parsed.ENTRIES  # kept
     assert parsed.memoised("text", paths[0], lambda: -1) == -1  # the oldest went out
     assert built == list(range(parsed.ENTRIES + 1))
+
+
+def test_large_files_are_parsed_every_time(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "big"
+    path.write_text("x" * 100)
+    monkeypatch.setattr(parsed, "MAX_BYTES", 99)
+    built: list[int] = []
+    for _ in range(2):
+        parsed.memoised("text", path, lambda: built.append(1))
+    assert built == [1, 1]
