@@ -15,13 +15,20 @@ is respected).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
 
 from ltmodels.errors import LTUserError
 
+log = logging.getLogger(__name__)
+
 LOCAL_MIN_CPUS = 4
+LOCAL_STARTS = 3
+"""Tries to start a local Ray: its raylet must register with its GCS within 30 s (fixed in
+Ray), which a 2-core machine busy with other work can miss; a later start usually makes it."""
+_STARTUP_TIMEOUT = "timed out during startup"
 
 
 class ClusterError(LTUserError):
@@ -73,7 +80,18 @@ def connect(address: str | None, *, cpus_needed: float = 1.0) -> str:
             ) from None
         return f"ray cluster at {address}"
     cpus = max(LOCAL_MIN_CPUS, int(cpus_needed + 0.999), os.cpu_count() or 1)
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    for start in range(1, LOCAL_STARTS + 1):
+        try:
+            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+            break
+        except Exception as exc:  # Ray raises a bare Exception for it
+            if _STARTUP_TIMEOUT not in str(exc) or start == LOCAL_STARTS:
+                raise
+            log.warning(
+                "the local Ray node did not register within Ray's 30 s (a loaded machine?); "
+                "starting it again (%d of %d)", start + 1, LOCAL_STARTS,
+            )  # fmt: skip
+            ray.shutdown()
     return f"local ray ({cpus} logical CPUs)"
 
 
