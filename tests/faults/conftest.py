@@ -59,7 +59,7 @@ def _read_while_running(project: Path, proc: faultkit.Proc, seen: dict[str, Any]
         for cmd in (("status", study), ("report", study)):
             if not (project / study / "spec.yaml").exists():
                 continue
-            rc, out, err = faultkit.run(*cmd, cwd=project, timeout=120)
+            rc, out, err = faultkit.run(*cmd, cwd=project, timeout=300)
             seen["reads"].append((cmd[0], rc, err.strip()[-500:], time.monotonic()))
         time.sleep(0.2)
 
@@ -74,7 +74,7 @@ def reference(fault_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     reader = threading.Thread(target=_read_while_running, args=(project, proc, out))
     reader.start()
     faultkit.wait_for(lambda: list((project / "results/decoupled/trials").glob("*.parquet")), proc)
-    out["second_driver"] = faultkit.run("run", "decoupled.yaml", cwd=project, timeout=120)
+    out["second_driver"] = faultkit.run("run", "decoupled.yaml", cwd=project, timeout=300)
     out["second_driver_pid"] = proc.pid
     rc = proc.wait()
     reader.join()

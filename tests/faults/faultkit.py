@@ -168,7 +168,7 @@ def run(*args: str, cwd: Path, inject: dict[str, Any] | None = None, timeout: fl
 
 
 def wait_for(
-    condition: Callable[[], Any], proc: Proc | None, *, timeout: float = 300, poll: float = 0.02
+    condition: Callable[[], Any], proc: Proc | None, *, timeout: float = 900, poll: float = 0.02
 ) -> Any:
     """Poll ``condition`` until it is truthy; fail if ``proc`` ends or time runs out."""
     deadline = time.monotonic() + timeout

@@ -65,7 +65,7 @@ def test_kill_during_stage1_resumes_from_its_last_epoch(
 ) -> None:
     project = _project(fault_data, tmp_path)
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project)
-    stage1 = faultkit.wait_for(lambda: _stage1_dir(project), proc, timeout=300)
+    stage1 = faultkit.wait_for(lambda: _stage1_dir(project), proc, timeout=900)
     time.sleep(1.5)  # into the next epoch
     killed = _kill(proc, tree=True)
     assert not (stage1 / "model.pt").exists(), "killed after stage 1 had finished"
@@ -100,7 +100,7 @@ def test_kill_during_the_feature_cache_build_rebuilds_it(
 ) -> None:
     project = _project(fault_data, tmp_path)
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project)
-    faultkit.wait_for(lambda: _building_cache(project), proc, timeout=300, poll=0.005)
+    faultkit.wait_for(lambda: _building_cache(project), proc, timeout=900, poll=0.005)
     killed = _kill(proc, tree=True)
     partial = [p for p in (project / "results/_cache/features").rglob("*") if p.is_file()]
     assert not list((project / "results/_cache/features").glob("*/manifest.json"))
@@ -172,9 +172,9 @@ def test_kill_while_a_part_is_written_leaves_no_half_part(
     project = _project(fault_data, tmp_path, reference["project"])  # stage 1 done
     study = project / "results" / "decoupled"
     # the write stalls long enough for the kill to land in it on a loaded machine (xdist)
-    slow = {"slow_write": {"match": f"{os.sep}trials{os.sep}part-", "seconds": 15}}
+    slow = {"slow_write": {"match": f"{os.sep}trials{os.sep}part-", "seconds": 60}}
     proc = faultkit.start("run", "decoupled.yaml", "--no-report", cwd=project, inject=slow)
-    faultkit.wait_for(lambda: faultkit.hidden_temporaries(study), proc, timeout=300)
+    faultkit.wait_for(lambda: faultkit.hidden_temporaries(study), proc, timeout=900)
     _kill(proc, tree=True)
     halves = faultkit.hidden_temporaries(study)
     assert halves, "the kill came after the rename"
@@ -187,7 +187,7 @@ def test_kill_while_a_part_is_written_leaves_no_half_part(
         "driver SIGKILL while a parquet part is written",
         group="driver kill",
         injected="SIGKILL of `ltsearch run` and its Ray processes while a trial's part sat in "
-        "its temporary file (writes slowed to 3 s by the injector)",
+        "its temporary file (writes slowed to 60 s by the injector)",
         promised="readers see whole parts only; resume removes the temporary; results equal",
         observed=f"{len(halves)} temporary file(s) left, invisible to readers "
         f"({len(readable)} rows read); removed on resume",

@@ -124,7 +124,7 @@ def test_driver_kill_keeps_every_rung_decision(
     project = faultkit.new_project(fault_data, tmp_path / "project", **{NAME: STUDY})
     study = project / "results" / NAME
     proc = faultkit.start("run", f"{NAME}.yaml", "--no-report", cwd=project)
-    going = faultkit.wait_for(lambda: _in_flight(study), proc, timeout=300, poll=0.01)
+    going = faultkit.wait_for(lambda: _in_flight(study), proc, timeout=900, poll=0.01)
     time.sleep(0.3)  # into its second epoch
     killed = faultkit.kill_driver(proc, tree=True)[0]
     decided = _decisions(study)

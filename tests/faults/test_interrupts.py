@@ -32,7 +32,7 @@ def _interrupt_and_resume(
     proc = faultkit.start(
         "run", "decoupled.yaml", "--no-report", cwd=project, session=True, inject=slow
     )
-    faultkit.wait_for(lambda: list((study / "trials").glob("*.parquet")), proc, timeout=300)
+    faultkit.wait_for(lambda: list((study / "trials").glob("*.parquet")), proc, timeout=900)
     t0 = time.monotonic()
     stop_out = ""
     if how == "SIGTERM":

@@ -109,7 +109,7 @@ def test_a_lost_node_s_trials_are_rescheduled_and_the_study_completes(
             running = where.look()
             return running if running["worker"] and _rows(study) >= 1 else None
 
-        at_kill = faultkit.wait_for(fault_point, proc, timeout=400, poll=0.1)
+        at_kill = faultkit.wait_for(fault_point, proc, timeout=900, poll=0.1)
         rows_before = _rows(study)
         raylet = _raylet(cluster.worker_temp)
         t_kill = time.monotonic()

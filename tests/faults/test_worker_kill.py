@@ -58,7 +58,7 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint(
 ) -> None:
     project = faultkit.new_project(fault_data, tmp_path / "project")
     proc = faultkit.start("run", "e2e.yaml", "--no-report", cwd=project)
-    ckpt, epoch = faultkit.wait_for(lambda: _checkpoint_at(project), proc, timeout=300)
+    ckpt, epoch = faultkit.wait_for(lambda: _checkpoint_at(project), proc, timeout=900)
     worker = faultkit.wait_for(lambda: _trial_worker(proc.pid), proc, timeout=30)
     time.sleep(0.3)  # into the next epoch
     t_kill = time.monotonic()
