@@ -18,16 +18,18 @@ its exception; the other members go on.
 Timings of a member (``TrialResult.timings``): ``stage1`` and ``cache`` are the pack's,
 ``train`` is its own steps plus its share (1/K) of the batch drawing and reading, ``eval`` its
 share of the pack's evaluation; ``pack_size`` is K.
+
+Memory: each member holds a whole detector (its stage-2 model) while the pack trains. A pack
+whose members would hold more than :data:`MEMORY_SHARE` of the memory available when it
+starts trains in chunks of as many members as fit (:func:`members_that_fit`), one after the
+other, on the same stage 1 and cache; a member's result does not depend on its chunk.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from ltmodels.cache.train import PackTimes, train_pack
 from ltmodels.engine import phases
 from ltmodels.engine.checkpoint import recorded_sha256
 from ltmodels.engine.threads import torch_threads
-from ltmodels.trial.config import TrialConfig, TrialResult, stage_key_fields
+from ltmodels.trial.config import TrialConfig, TrialResult, pack_key, packable
 from ltmodels.trial.schedules import (
     device_of,
     ensure_stage1,
@@ -53,31 +55,43 @@ from ltmodels.trial.stages import Timer, datasets
 
 log = logging.getLogger(__name__)
 
-
-def packable(cfg: TrialConfig) -> bool:
-    """A decoupled trial whose stage 2 trains the box predictor on the feature cache."""
-    return cfg.schedule == "decoupled" and cfg.train.use_feature_cache and cfg.stage1 is not None
+MEMORY_SHARE = 0.25
+"""Of the memory available when a pack starts, the share its members' models may hold."""
 
 
-def pack_key(cfg: TrialConfig) -> str:
-    """What members of one pack share: everything but the stage-2 loss, its parameters and
-    its optimiser settings (lr schedule included). Raises ValueError for a trial that
-    cannot be packed."""
-    if not packable(cfg):
-        raise ValueError("only decoupled feature-cache trials can be packed")
-    optim = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "lr_milestones": None}
-    shared = replace(cfg.train, loss="", loss_params={}, **optim)
-    payload = {
-        "data": asdict(cfg.data),
-        "model": dict(cfg.model),
-        "stage1": stage_key_fields(cfg.stage1) if cfg.stage1 is not None else None,
-        "train": stage_key_fields(shared),
-        "seed": cfg.seed,
-        "device": cfg.device,
-        "cache_dir": cfg.cache_dir,
-    }
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``); ``None``
+    where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def member_bytes(spec: Any, num_classes: int) -> int:
+    """Bytes one member holds: its detector's parameters and buffers (fp32), plus gradient
+    and momentum of the box predictor it trains. The detector is built on the ``meta``
+    device (no memory, a few milliseconds)."""
+    from ltmodels.losses import build_loss
+    from ltmodels.modeling.detector import build_detector
+
+    with torch.device("meta"):
+        model = build_detector(spec, build_loss("ce", num_classes=num_classes), num_classes)
+    held = sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+    trained = sum(p.numel() for p in model.roi_heads.box_predictor.parameters())
+    return 4 * (held + 2 * trained)
+
+
+def members_that_fit(per_member: int, k: int, available: int | None) -> int:
+    """How many of ``k`` members one chunk trains: all of them, unless they would hold more
+    than :data:`MEMORY_SHARE` of ``available`` bytes (``None``: unknown, no bound); at
+    least 1."""
+    if available is None or per_member <= 0:
+        return k
+    return max(1, min(k, int(MEMORY_SHARE * available) // per_member))
 
 
 def _optim(cfg: TrialConfig) -> Optim:
@@ -101,15 +115,53 @@ def run_pack(
     """
     if not cfgs or len({pack_key(c) for c in cfgs}) != 1:
         raise ValueError("a pack needs one or more configurations with the same pack_key")
-    alone = len(cfgs) == 1
     first = cfgs[0]
-    timer = Timer()
     device = device_of(first.device)
     spec = model_spec(dict(first.model))
     phases.report("data")
     train_set, val_set = datasets(first.data, masks=spec.masks)
+    timer = Timer()
     with timer("stage1", report=False):  # ensure_stage1 reports what it does
         weights, key = ensure_stage1(first, spec, train_set, device)
+    per = members_that_fit(
+        member_bytes(spec, train_set.num_classes), len(cfgs), available_memory()
+    )
+    if per < len(cfgs):
+        log.info("pack of %d: in chunks of %d (memory)", len(cfgs), per)
+    out: list[TrialResult | Exception] = []
+    for lo in range(0, len(cfgs), per):
+        chunk_times = PackTimes()
+        out += _run_chunk(
+            cfgs[lo : lo + per], len(cfgs) == 1, (train_set, val_set), key, weights,
+            _copy(timer), chunk_times,
+        )  # fmt: skip
+        if times is not None:
+            times.sample += chunk_times.sample
+            times.read += chunk_times.read
+            times.step = [*(times.step if lo else []), *chunk_times.step]
+    return out
+
+
+def _copy(timer: Timer) -> Timer:
+    """A timer that starts from ``timer``'s totals (each chunk adds its own phases)."""
+    out = Timer()
+    out.totals.update(timer.totals)
+    return out
+
+
+def _run_chunk(
+    cfgs: Sequence[TrialConfig],
+    alone: bool,
+    sets: tuple[Any, Any],
+    key: str,
+    weights: Path,
+    timer: Timer,
+    times: PackTimes,
+) -> list[TrialResult | Exception]:
+    first = cfgs[0]
+    device = device_of(first.device)
+    spec = model_spec(dict(first.model))
+    train_set = sets[0]
     out: list[TrialResult | Exception | None] = [None] * len(cfgs)
     built: list[tuple[int, nn.Module, Member]] = []
     for i, cfg in enumerate(cfgs):
@@ -130,9 +182,7 @@ def run_pack(
         )
         built.append((i, model, member))
     if built:
-        results = _train_and_evaluate(
-            cfgs, built, (train_set, val_set), key, weights, timer, times or PackTimes()
-        )
+        results = _train_and_evaluate(cfgs, built, sets, key, weights, timer, times, alone)
         for i, result in results.items():
             out[i] = result
     return [r if r is not None else RuntimeError("no result") for r in out]
@@ -146,11 +196,11 @@ def _train_and_evaluate(
     weights: Path,
     timer: Timer,
     times: PackTimes,
+    alone: bool,
 ) -> dict[int, TrialResult | Exception]:
     from ltmodels.data import LVISDetection
 
     first = cfgs[0]
-    alone = len(cfgs) == 1
     device = device_of(first.device)
     spec = model_spec(dict(first.model))
     plain_train = LVISDetection(first.data.train_json, first.data.train_root, with_masks=False)

@@ -136,6 +136,43 @@ def test_a_failing_member_fails_alone(data: DataConfig, cache_dir: str) -> None:
         run_trial(nan, workdir=Path(cache_dir) / "nan")
 
 
+def test_a_pack_too_big_for_memory_trains_in_chunks_with_the_same_results(
+    data: DataConfig, cache_dir: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Memory for two members' models: a pack of three (a failing one in the middle)
+    trains as chunks of 2 and 1, and each member ends as it does alone."""
+    from ltmodels.modeling.detector import ModelSpec
+    from ltmodels.trial import pack
+
+    per = pack.member_bytes(ModelSpec.tiny(**MODEL), SYNTH.num_classes)
+    assert per > 4 * 500_000  # the tiny detector without masks: ~0.87M parameters, fp32
+    monkeypatch.setattr(pack, "available_memory", lambda: int(2.5 * per / pack.MEMORY_SHARE))
+    cfgs = [
+        trial(data, cache_dir, "eqlv2", {"gamma": 10.0}),
+        trial(data, cache_dir, "gap", {"gamma": -1.0}),  # out of its domain: fails alone
+        trial(data, cache_dir, "c2am", {"s": 20.0, "alpha": 0.5}),
+    ]
+    sizes: list[int] = []
+    real = pack._run_chunk
+    monkeypatch.setattr(pack, "_run_chunk", lambda c, *a: sizes.append(len(c)) or real(c, *a))
+    results = run_pack(cfgs)
+    assert sizes == [2, 1]
+    assert isinstance(results[1], (ConfigError, ValueError))
+    for cfg, got in ((cfgs[0], results[0]), (cfgs[2], results[2])):
+        assert isinstance(got, TrialResult)
+        assert_same(got, run_trial(cfg, workdir=Path(cache_dir) / "chunk"))
+
+
+def test_members_that_fit_bounds_a_chunk_by_memory() -> None:
+    from ltmodels.trial.pack import MEMORY_SHARE, members_that_fit
+
+    gib = 1 << 30
+    assert members_that_fit(gib, 8, None) == 8  # unknown memory: no bound
+    assert members_that_fit(gib, 8, int(16 * gib / MEMORY_SHARE)) == 8
+    assert members_that_fit(gib, 8, int(3 * gib / MEMORY_SHARE)) == 3
+    assert members_that_fit(gib, 8, gib) == 1  # at least one member
+
+
 def test_pack_key_groups_what_shares_batches(data: DataConfig, cache_dir: str) -> None:
     base = trial(data, cache_dir, "ce", {})
     same = [
