@@ -21,9 +21,11 @@ Schedules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 FINETUNE_PARTS = ("backbone", "rpn", "box_head", "box_predictor", "mask_head")
@@ -163,6 +165,32 @@ def stage_key_fields(stage: StageConfig) -> dict[str, Any]:
         if out[late] is None:
             del out[late]
     return out
+
+
+def packable(cfg: TrialConfig) -> bool:
+    """A decoupled trial whose stage 2 trains the box predictor on the feature cache."""
+    return cfg.schedule == "decoupled" and cfg.train.use_feature_cache and cfg.stage1 is not None
+
+
+def pack_key(cfg: TrialConfig) -> str:
+    """What members of one pack share: everything but the stage-2 loss, its parameters and
+    its optimiser settings (lr schedule included). Raises ValueError for a trial that
+    cannot be packed."""
+    if not packable(cfg):
+        raise ValueError("only decoupled feature-cache trials can be packed")
+    optim = {"lr": 0.0, "momentum": 0.0, "weight_decay": 0.0, "lr_milestones": None}
+    shared = replace(cfg.train, loss="", loss_params={}, **optim)
+    payload = {
+        "data": asdict(cfg.data),
+        "model": dict(cfg.model),
+        "stage1": stage_key_fields(cfg.stage1) if cfg.stage1 is not None else None,
+        "train": stage_key_fields(shared),
+        "seed": cfg.seed,
+        "device": cfg.device,
+        "cache_dir": cfg.cache_dir,
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def trial_config_to_dict(cfg: TrialConfig) -> dict[str, Any]:

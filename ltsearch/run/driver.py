@@ -42,8 +42,9 @@ import logging
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -62,7 +63,14 @@ from ltsearch.run.search import (
     repair_journal,
 )
 from ltsearch.run.segm_front import evaluate_front, front_rows
-from ltsearch.run.trainable import StudyContext, execute_trial, make_trial_fn, resolve_data
+from ltsearch.run.trainable import (
+    PackSetup,
+    StudyContext,
+    execute_trial,
+    make_trial_fn,
+    resolve_data,
+    run_pack_here,
+)
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec
 from ltsearch.study_dir import SPEC_FILE, check_storage, load_study_dir
@@ -127,10 +135,10 @@ def _drop_temporaries(study_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _resources(spec: StudySpec) -> dict[str, float]:
+def _resources(spec: StudySpec, pack: int = 1) -> dict[str, float]:
     r = spec.resources
     if r.workers == 1 and r.gpus_per_worker == 0:
-        return {"cpu": r.cpus_per_worker}
+        return {"cpu": r.cpus_per_worker / pack}  # K packed trials share a slot
     return {"cpu": 0.5}  # the trial only drives its TorchTrainer, which asks for the workers
 
 
@@ -142,11 +150,14 @@ def run_study(
     progress: bool = True,
     execute: Callable[..., Any] = execute_trial,
     rule: Callable[..., bool] | None = None,
+    execute_pack: Callable[[Any], list[Any]] | None = None,
 ) -> StudyOutcome:
     """Run (or continue) a study to completion; returns where its results are.
 
     ``execute`` runs one (configuration, seed) (:func:`ltsearch.run.trainable.execute_trial`;
-    the framework-overhead benchmark passes a no-op). ``rule``: the promotion rule of
+    the framework-overhead benchmark passes a no-op); ``execute_pack`` runs a pack of them
+    (:mod:`ltsearch.run.packing`; default :func:`~ltsearch.run.trainable.run_pack_here`
+    with the default ``execute``, else no packing). ``rule``: the promotion rule of
     ``search.early_stopping`` (:data:`ltsearch.run.rung_scheduler.Rule`; default MO-ASHA,
     the early-stopping benchmark passes single-objective ASHA).
 
@@ -179,7 +190,7 @@ def run_study(
             ctx = StudyContext(spec=spec.to_dict(), study_dir=str(study_dir), data=data)
             where, stop = _fit(
                 spec, ctx, storage, plan, address=address, progress=progress, execute=execute,
-                tracker=tracker, rule=rule,
+                tracker=tracker, rule=rule, execute_pack=execute_pack,
             )  # fmt: skip
         elif progress:
             print(f"study {spec.name}: all {spec.n_trials} configurations done ({study_dir})")
@@ -209,11 +220,12 @@ def _fit(
     execute: Callable[..., Any],
     tracker: Tracker | None = None,
     rule: Callable[..., bool] | None = None,
+    execute_pack: Callable[[Any], list[Any]] | None = None,
 ) -> tuple[str, StopRequest | None]:
     """Run the Tuner; returns where it ran and why it stopped early (None: it did not)."""
     from ray import tune
 
-    from ltsearch.run import cluster
+    from ltsearch.run import cluster, packing
     from ltsearch.run.progress import ProgressPrinter, live_progress
     from ltsearch.run.rung_scheduler import make_scheduler
     from ltsearch.run.stopping import FailFast, Interrupts, StudyStopper
@@ -228,19 +240,35 @@ def _fit(
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; put it back after
     try:
-        where = cluster.connect(address, cpus_needed=_cpus_needed(spec))
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        size = _pack_size(spec, local, execute, execute_pack) if local else 1
+        where = cluster.connect(address, cpus_needed=_cpus_needed(spec, size))
+        if not local:  # the cluster's CPUs decide an automatic pack size
+            size = _pack_size(spec, local, execute, execute_pack)
     except SystemExit as exc:  # ray.init's SIGTERM handler exits with the signal number
         if exc.code == signal.SIGTERM:
             raise KeyboardInterrupt from None
         raise
     signal.signal(signal.SIGTERM, sigterm)
     stopper = StudyStopper(study_dir)
+    held: list[Any] = []  # the pack broker's handle: Ray ends an actor nobody holds
     try:
         printer = ProgressPrinter(spec, study_dir, enabled=progress, done_before=plan.finished)
         printer.header(where)
+        if size > 1:
+            name = f"ltsearch-pack-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+            held.append(
+                packing.start_broker(name, size, spec.resources.max_concurrent_trials, plan.to_run)
+            )
+            ctx = replace(ctx, pack=PackSetup(name, size))
+            printer.say(
+                f"packs of up to {size} runs: each pass over the feature cache trains up to "
+                f"{size} (configuration, seed) runs (resources.pack: {spec.resources.pack})"
+            )
         fail_fast = FailFast(stopper, study_dir, spec.search.max_failures)
+        runner = execute_pack or run_pack_here
         tuner = tune.Tuner(
-            tune.with_resources(make_trial_fn(ctx, execute), _resources(spec)),
+            tune.with_resources(make_trial_fn(ctx, execute, runner), _resources(spec, size)),
             tune_config=tune.TuneConfig(
                 search_alg=make_searcher(spec, storage, plan),
                 scheduler=make_scheduler(spec, study_dir, rule),  # None: FIFO, no early stops
@@ -266,6 +294,7 @@ def _fit(
             # training.stage2.segm_front: the front's runs again with segm (segm_front.py)
             evaluate_front(ctx, spec, execute, stopper, say=printer.say)
     finally:
+        held.clear()
         cluster.shutdown()
         signal.signal(signal.SIGTERM, sigterm)
     return where, stopper.request_
@@ -293,10 +322,31 @@ class _TuneStateNote(logging.Filter):
 logging.getLogger("ray.tune.execution.experiment_state").addFilter(_TuneStateNote())
 
 
-def _cpus_needed(spec: StudySpec) -> float:
+def _cpus_needed(spec: StudySpec, pack: int = 1) -> float:
     r = spec.resources
     per_trial = r.workers * r.cpus_per_worker + (0.5 if r.workers > 1 else 0)
-    return per_trial * r.max_concurrent_trials
+    return per_trial * r.max_concurrent_trials / pack
+
+
+def _pack_size(
+    spec: StudySpec,
+    local: bool,
+    execute: Callable[..., Any],
+    execute_pack: Callable[[Any], list[Any]] | None,
+) -> int:
+    """K (:func:`ltsearch.run.packing.pack_size`) on this node's CPUs (a local Ray) or the
+    cluster's (Ray initialised); 1 when ``execute`` is replaced without ``execute_pack``."""
+    from ltsearch.run.packing import pack_size
+
+    if execute is not execute_trial and execute_pack is None:
+        return 1
+    if local:
+        from ltmodels.engine.threads import node_cpus
+
+        return pack_size(spec, node_cpus())
+    import ray
+
+    return pack_size(spec, float(ray.cluster_resources().get("CPU", 1.0)))
 
 
 def resume_study(

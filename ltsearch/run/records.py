@@ -103,9 +103,12 @@ def execute_recorded(
     cfg: Any,
     workdir: Path,
     execute: Callable[..., Any],
+    *,
+    timeout_scale: int = 1,
 ) -> Any:
-    """``execute(cfg)`` under ``search.trial_timeout``; a failure is written as ``row``
-    with status failed (a full disk is not: ``resume`` runs it again), then re-raised."""
+    """``execute(cfg)`` under ``search.trial_timeout`` (times ``timeout_scale``: a packed
+    run waits for its pack); a failure is written as ``row`` with status failed (a full disk
+    is not: ``resume`` runs it again), then re-raised."""
 
     def record_failure(error: str) -> None:
         failed = dict(row)
@@ -118,7 +121,8 @@ def execute_recorded(
         store.write_trial(failed)
 
     try:
-        with Watchdog(spec.search.trial_timeout, record_failure):
+        timeout = spec.search.trial_timeout
+        with Watchdog(None if timeout is None else timeout * timeout_scale, record_failure):
             return execute(cfg, workdir=workdir, resources=spec.resources)
     except Exception as exc:  # recorded, then re-raised so Tune and Optuna see the failure
         if disk_full(exc):  # not the run's fault: no row, so `resume` runs it again

@@ -9,7 +9,8 @@ it back instead). The trial then reports the mean over seeds of every metric to 
 A seed runs in-process when the study asks for one CPU worker (a ``TorchTrainer`` costs
 ~11.5 s of start-up, more than a cached decoupled trial); with several workers or GPUs it
 runs as a Ray Train ``TorchTrainer`` (DDP: gloo on CPU, NCCL on GPU), see
-:mod:`ltsearch.run.distributed`.
+:mod:`ltsearch.run.distributed`. With ``resources.pack`` K > 1 its seeds run in packs with
+other trials' (:mod:`ltsearch.run.packing`).
 """
 
 from __future__ import annotations
@@ -43,12 +44,22 @@ CACHE_DIRNAME = "_cache"
 
 
 @dataclass(frozen=True)
+class PackSetup:
+    """A packed study's broker actor (its Ray name) and pack size K."""
+
+    broker: str
+    size: int
+
+
+@dataclass(frozen=True)
 class StudyContext:
     """What every trial of a study needs, as plain picklable data."""
 
     spec: dict[str, Any]
     study_dir: str
     data: dict[str, str]  # ltmodels.trial.config.DataConfig fields, resolved before Ray starts
+
+    pack: PackSetup | None = None
 
     @property
     def cache_dir(self) -> str:
@@ -166,12 +177,17 @@ def run_seed(
     workdir = run_dir(ctx, chash, seed)
     t0 = time.perf_counter()
     row = base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
-    result = execute_recorded(spec, store, row, t0, cfg, workdir, execute)
+    bind = getattr(execute, "bind", None)  # a packed run names its pack in the row
+    if bind is not None:  # per trial: two trials may run the same configuration at once
+        bind(f"{tune_trial_id}:{chash}-s{seed}", row)
+    scale = ctx.pack.size if ctx.pack is not None else 1
+    result = execute_recorded(spec, store, row, t0, cfg, workdir, execute, timeout_scale=scale)
+    timings = {k: v for k, v in result.timings.items() if k != "pack_size"}
     row.update(
         status="ok",
         error=None,
         **result.metrics,
-        **{f"time_{k}_s": v for k, v in result.timings.items()},
+        **{f"time_{k}_s": v for k, v in timings.items()},
         time_total_s=time.perf_counter() - t0,
         finished_at=datetime.now(timezone.utc).isoformat(),
     )
@@ -212,6 +228,13 @@ def execute_trial(cfg: Any, *, workdir: Path, resources: Any) -> Any:
     return run_distributed(cfg, workdir=workdir, resources=resources)
 
 
+def run_pack_here(cfgs: Any) -> list[Any]:
+    """The members of a pack, trained in this process (:func:`ltmodels.trial.pack.run_pack`)."""
+    from ltmodels.trial.pack import run_pack
+
+    return run_pack(cfgs)
+
+
 def _log_to_driver() -> None:
     """Show ltmodels' progress lines (stage 1 epochs, cache builds) on the driver: Ray
     forwards a worker's stdout there, prefixed with the trial's process."""
@@ -223,8 +246,13 @@ def _log_to_driver() -> None:
         logger.setLevel(logging.INFO)
 
 
-def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial):
-    """The Tune function trainable of a study (``config`` holds the flat Optuna params)."""
+def make_trial_fn(
+    ctx: StudyContext,
+    execute: Callable[..., Any] = execute_trial,
+    execute_pack: Callable[[Any], list[Any]] = run_pack_here,
+):
+    """The Tune function trainable of a study (``config`` holds the flat Optuna params);
+    ``execute_pack`` trains a pack when this trial leads one (``ctx.pack``)."""
 
     def trial_fn(config: dict[str, Any]) -> None:
         from ray import tune
@@ -244,14 +272,24 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
         live = PhaseFile(ctx.study_dir, tid, label, len(spec.search.seeds))
         unlisten = phases.add_listener(live)
         activate(live)  # a DDP trial's rank 0 writes it on (run.distributed)
+        broker = None
         try:
+            seed_execute = execute
+            if ctx.pack is not None:
+                import ray
+
+                from ltsearch.run.packing import PackedExecute, find_broker
+
+                broker = find_broker(ctx.pack.broker)
+                ray.get(broker.enter.remote(tid))
+                seed_execute = PackedExecute(broker, tid, execute_pack, execute)
             # early stopping: up the rungs first (returns at once without them)
             climb(ctx, spec, choice, tune_trial_id=tid, execute=execute, report=tune.report,
                   on_seed=live.seed)  # fmt: skip
             for i, seed in enumerate(spec.search.seeds):
                 live.seed(i, seed)
                 per_seed.append(
-                    run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=execute)
+                    run_seed(ctx, spec, choice, seed, tune_trial_id=tid, execute=seed_execute)
                 )
         except Exception as exc:  # its failed row is written (run_seed)
             # reported, not raised: Ray Tune would retry a raised error as if the process
@@ -263,6 +301,8 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
                 tune.report({ERROR_KEY: first_line(f"{type(exc).__name__}: {exc}")})
             return
         finally:
+            if broker is not None:
+                broker.leave.remote(tid)
             unlisten()
             activate(None)
             live.close()
@@ -272,6 +312,6 @@ def make_trial_fn(ctx: StudyContext, execute: Callable[..., Any] = execute_trial
 
 
 __all__ = [
-    "ERROR_KEY", "STOP_KEY", "StudyContext", "build_threads", "execute_trial", "make_trial_fn",
-    "mean_metrics", "resolve_data", "run_seed", "trial_config",
+    "ERROR_KEY", "STOP_KEY", "PackSetup", "StudyContext", "build_threads", "execute_trial",
+    "make_trial_fn", "mean_metrics", "resolve_data", "run_pack_here", "run_seed", "trial_config",
 ]  # fmt: skip

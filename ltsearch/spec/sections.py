@@ -239,13 +239,28 @@ class Resources(Strict):
     trial of a decoupled study needs (stage 1, the feature cache) while the others wait for
     it; ``None``: the waiting trials' CPUs, ``max_concurrent_trials x cpus_per_worker``, at
     most the node's. Not hashed: like the worker count it changes summation order, not
-    what is trained."""
+    what is trained.
+
+    ``pack``: how many (configuration, seed) runs of a decoupled feature-cache study one
+    process trains together on one pass over the cache (:mod:`ltsearch.run.packing`); each
+    still is its own Tune trial and parquet row, with the same result as alone. ``auto``: the
+    concurrent trials per CPU slot, ``ceil(max_concurrent_trials x cpus_per_worker / CPUs)``,
+    at most 16 (1 when the study cannot pack). Not hashed: it changes no result."""
 
     workers: PosInt = 1
     cpus_per_worker: PosFloat = 1.0
     gpus_per_worker: Annotated[Float, Field(ge=0)] = 0.0
     max_concurrent_trials: PosInt = 1
     build_threads: PosInt | None = None
+    pack: Annotated[Int, Field(gt=0, le=64)] | Literal["auto"] = "auto"
+
+    @field_validator("pack", mode="before")
+    @classmethod
+    def _pack(cls, value: Any) -> Any:
+        ok = value == "auto" or (type(value) is int and 1 <= value <= 64)
+        if not ok:
+            raise SpecError(f"got {value!r}; write auto or a number of runs from 1 to 64")
+        return value
 
 
 class Unexpressed(Strict):

@@ -108,6 +108,7 @@ class StudySpec(Strict):
                 path=["training", "stage2", "segm_front"],
             )
         self._check_trials()
+        self._check_pack()
         check_early_stopping(self.search.early_stopping, self.training.schedule,
                              self.training.epochs, self.training.iterations)  # fmt: skip
         for i, point in enumerate(self.search.initial_points):
@@ -125,6 +126,23 @@ class StudySpec(Strict):
                 except ValidationError as exc:
                     raise from_validation_error(exc).located(prefix=[key]) from None
         return self
+
+    def _check_pack(self) -> None:
+        r, stage2 = self.resources, self.training.stage2
+        if r.pack == "auto" or r.pack == 1:
+            return
+        if stage2 is None or not stage2.feature_cache:
+            raise SpecError(
+                f"pack: {r.pack} needs a decoupled study whose stage 2 trains on the feature "
+                "cache (training.stage2 with finetune: [box_predictor]); set pack: 1 or auto",
+                path=["resources", "pack"],
+            )
+        if r.workers != 1 or r.gpus_per_worker > 0:
+            raise SpecError(
+                f"pack: {r.pack} needs one-CPU-worker trials (workers: 1, gpus_per_worker: 0); "
+                "set pack: 1 or auto",
+                path=["resources", "pack"],
+            )
 
     def _check_trials(self) -> None:
         search = self.search
