@@ -18,8 +18,6 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 def node_cpus() -> int:
     """CPUs this process may run on (its affinity mask, which containers and ``taskset``
@@ -40,6 +38,8 @@ def build_threads_for(concurrent_trials: int, cpus_per_trial: float, cpus: int) 
 def torch_threads(n: int) -> Iterator[int]:
     """Run the block with ``n`` intra-op threads (``n <= 0``: the process's setting), then
     restore the previous count, also when the block raises. Yields the count in effect."""
+    import torch  # here: the study driver reads node_cpus without importing torch
+
     before = torch.get_num_threads()
     if n <= 0 or n == before:
         yield before
