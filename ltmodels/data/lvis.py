@@ -256,15 +256,13 @@ def _index(ann: str | Path | dict, *, with_masks: bool) -> LVISIndex:
         return LVISIndex(ann, "<LVIS dict>", with_masks=with_masks)
 
     def build() -> LVISIndex:
-        data = memoised("lvis-json", ann, lambda: _load_json(ann)[0])
+        data = memoised("lvis-json", ann, lambda: _load_json(ann))
         return LVISIndex(data, str(Path(ann)), with_masks=with_masks)
 
     return memoised(("lvis-index", with_masks), ann, build)
 
 
-def _load_json(ann: str | Path | dict) -> tuple[dict[str, Any], str]:
-    if isinstance(ann, dict):
-        return ann, "<LVIS dict>"
+def _load_json(ann: str | Path) -> dict[str, Any]:
     path = Path(ann)
     if not path.is_file():
         raise DatasetError(f"LVIS annotation file not found: {path}; check the path")
@@ -276,7 +274,7 @@ def _load_json(ann: str | Path | dict) -> tuple[dict[str, Any], str]:
         raise DatasetError(
             f"{path}: not valid JSON ({reason[:200]}); re-download or regenerate the file"
         ) from None
-    return data, str(path)
+    return data
 
 
 def _rasterise(anns: Sequence[dict[str, Any]], height: int, width: int) -> torch.Tensor:

@@ -123,9 +123,10 @@ def run_pack(
     timer = Timer()
     with timer("stage1", report=False):  # ensure_stage1 reports what it does
         weights, key = ensure_stage1(first, spec, train_set, device)
-    per = members_that_fit(
-        member_bytes(spec, train_set.num_classes), len(cfgs), available_memory()
-    )
+    per = 1  # a run alone (every unpacked trial) skips the estimate
+    if len(cfgs) > 1:
+        per_member = member_bytes(spec, train_set.num_classes)
+        per = members_that_fit(per_member, len(cfgs), available_memory())
     if per < len(cfgs):
         log.info("pack of %d: in chunks of %d (memory)", len(cfgs), per)
     out: list[TrialResult | Exception] = []

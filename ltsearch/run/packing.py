@@ -313,7 +313,8 @@ class PackedExecute:
     ) -> None:
         self.broker, self.tid = broker, tid
         self.execute_pack, self.alone = execute_pack, alone
-        self.rid, self.row = "", {}  # type: tuple[str, dict[str, Any]]
+        self.rid: str = ""
+        self.row: dict[str, Any] = {}
 
     def bind(self, rid: str, row: dict[str, Any]) -> None:
         self.rid, self.row = rid, row
