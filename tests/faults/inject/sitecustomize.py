@@ -17,6 +17,10 @@ variable. Faults (each key optional):
 - ``"enospc": {"match": "results/", "after": N}``: after N atomic writes to paths holding
   ``match``, every such write fails with ENOSPC (where the machine cannot mount a small
   filesystem).
+- ``"pack_lead": {"marker": PATH}``: a process that starts training a pack of two or more
+  (configuration, seed) runs (``ltmodels.trial.pack.run_pack``) first appends a JSON line
+  to PATH: its pid and the members' ``[loss parameters, seed]``, the leader's first. It
+  changes nothing else: the test that kills a pack's leader learns from it whom to kill.
 """
 
 from __future__ import annotations
@@ -98,8 +102,24 @@ def _patch_atomic(module: Any) -> None:
     module.write_atomic = patched
 
 
+def _patch_pack(module: Any) -> None:
+    run_pack = module.run_pack
+    marker = _SPEC["pack_lead"]["marker"]
+
+    def marked(cfgs: Any, *args: Any, **kwargs: Any) -> Any:
+        if len(cfgs) > 1:
+            members = [[dict(c.train.loss_params), c.seed] for c in cfgs]
+            line = json.dumps({"pid": os.getpid(), "members": members}) + "\n"
+            with open(marker, "a") as fh:  # one short line: appended whole
+                fh.write(line)
+        return run_pack(cfgs, *args, **kwargs)
+
+    module.run_pack = marked
+
+
 _PATCHES = {"ltmodels.losses.base": ("loss", _patch_losses)}
 _PATCHES["ltmodels.engine.atomic"] = ("slow_write|enospc", _patch_atomic)
+_PATCHES["ltmodels.trial.pack"] = ("pack_lead", _patch_pack)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
