@@ -41,7 +41,7 @@ def run_variant(name: str, storage: Path, sets: list[str]) -> dict[str, Any]:
         raise SystemExit(f"{study_dir} exists: remove it, or pass another --prefix")
     cmd = [str(Path(sys.executable).parent / "ltsearch"), "run", str(STUDY), "--storage",
            str(storage), "--no-report", "--quiet", "--set", f"name={name}",
-           "--set", "search.sampler=random"]  # fmt: skip
+           "--set", "search.sampler=random", "--set", "search.reuse=false"]  # fmt: skip
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}

@@ -43,6 +43,8 @@ class StudyProgress:
         configs_ok: distinct configurations with an ok (configuration, seed) row.
         rows_ok, rows_failed, rows_stopped: (configuration, seed) rows by status
             (stopped: by early stopping at a rung, ``search.early_stopping``).
+        rows_reused: of the ok rows, those copied from another study of the storage
+            (``reused_from``, :mod:`ltsearch.run.reuse`).
         journal: whether the study has an Optuna journal yet.
         baseline: the stage-1 row (``training.stage1.evaluate``): ``ok``, ``failed`` or
             ``pending``; None when the study asks for none. Not in the counts above.
@@ -59,6 +61,7 @@ class StudyProgress:
     rows_ok: int = 0
     rows_failed: int = 0
     rows_stopped: int = 0
+    rows_reused: int = 0
     journal: bool = True
     baseline: str | None = None
 
@@ -75,7 +78,9 @@ class StudyProgress:
     def runs_line(self) -> str:
         """``runs (configuration x seed): 46 ok, 0 failed``: the parquet rows by status
         (``, 6 stopped early`` added when early stopping stopped some)."""
-        text = f"runs (configuration x seed): {self.rows_ok} ok, {self.rows_failed} failed"
+        text = f"runs (configuration x seed): {self.rows_ok} ok"
+        text += f" ({self.rows_reused} reused from other studies)" if self.rows_reused else ""
+        text += f", {self.rows_failed} failed"
         text += f", {self.rows_stopped} stopped early" if self.rows_stopped else ""
         return text + (f"; stage 1 only: {self.baseline}" if self.baseline else "")
 
@@ -129,6 +134,7 @@ def progress_from(
         rows_ok=len(ok),
         rows_failed=sum(r.get("status") == "failed" for r in rows),
         rows_stopped=sum(r.get("status") == "stopped" for r in rows),
+        rows_reused=sum(bool(r.get("reused_from")) for r in ok),
         journal=path.is_file(),
         baseline=str(base[-1]["status"]) if base else "pending" if stage1_row else None,
     )

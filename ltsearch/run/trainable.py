@@ -36,6 +36,7 @@ from ltsearch.run.records import (
     run_dir,
     stored_metrics,
 )
+from ltsearch.run.reuse import copy_finished, find_finished
 from ltsearch.spec.paths import require_absolute
 from ltsearch.spec.study import StudySpec, spec_from_dict
 from ltsearch.store import ResultStore
@@ -177,6 +178,9 @@ def run_seed(
     workdir = run_dir(ctx, chash, seed)
     t0 = time.perf_counter()
     row = base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
+    found = find_finished(spec, Path(ctx.study_dir), chash, seed, cfg.device)
+    if found is not None:  # another study of this storage ran it: copied, not trained
+        return copy_finished(found, store, row)
     bind = getattr(execute, "bind", None)  # a packed run names its pack in the row
     if bind is not None:  # per trial: two trials may run the same configuration at once
         bind(f"{tune_trial_id}:{chash}-s{seed}", row)

@@ -171,7 +171,10 @@ class SearchSpec(Strict):
     killer, node loss) is started again; it resumes from its last epoch checkpoint. An
     error raised by the run itself is recorded once and never retried: a run is
     deterministic for its seed. ``early_stopping``: stop configurations that fall behind at
-    rung epochs (end-to-end studies; :mod:`ltsearch.spec.early_stopping`)."""
+    rung epochs (end-to-end studies; :mod:`ltsearch.spec.early_stopping`). ``reuse``: a
+    (configuration, seed) that another study in the same storage finished with the same
+    code, packages and resources is copied, not trained again (:mod:`ltsearch.run.reuse`);
+    ``false`` trains every run anew."""
 
     sampler: Literal["tpe", "nsga2", "grid", "random"] = "tpe"
     objectives: list[str] = Field(default_factory=lambda: ["bbox/APr:max", "bbox/APf:max"])
@@ -184,6 +187,7 @@ class SearchSpec(Strict):
     trial_timeout: PosFloat | None = None
     max_retries: Annotated[Int, Field(ge=0, le=100)] = 2
     early_stopping: EarlyStopping | None = None  # MO-ASHA rungs (ltsearch.spec.early_stopping)
+    reuse: StrictBool = True  # runs other studies of the storage finished (ltsearch.run.reuse)
 
     @field_validator("objectives")
     @classmethod

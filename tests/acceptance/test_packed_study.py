@@ -42,6 +42,7 @@ search:
   objectives: [bbox/APr:max, bbox/AP:max]
   trials: 3
   seeds: [0, 1]
+  reuse: {reuse}
   initial_points:
     - {{loss: acsl, xi: 0.7}}
     - {{loss: ahr, num_clusters: 12}}
@@ -59,10 +60,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     studies.mkdir(parents=True)
     work.mkdir()
     (studies / "packed.yaml").write_text(
-        STUDY.format(name="packed", resources="max_concurrent_trials: 3, pack: 3")
+        STUDY.format(name="packed", resources="max_concurrent_trials: 3, pack: 3", reuse="false")
     )
     (studies / "alone.yaml").write_text(
-        STUDY.format(name="alone", resources="max_concurrent_trials: 1, pack: 1")
+        STUDY.format(name="alone", resources="max_concurrent_trials: 1, pack: 1", reuse="false")
+    )
+    (studies / "again.yaml").write_text(  # the same design again, reusing what ran
+        STUDY.format(name="again", resources="max_concurrent_trials: 1", reuse="true")
     )
     synth = ["--classes", "8", "--train-images", "32", "--val-images", "16", "--image-size", "64"]
     made = run_cli("data", "synth", "--out", "data", *synth, cwd=studies, timeout=300)
@@ -72,14 +76,16 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
     try:
         packed = run_cli("run", "../studies/packed.yaml", cwd=work, timeout=1200)
         alone = run_cli("run", "../studies/alone.yaml", "--no-report", cwd=work, timeout=1200)
+        again = run_cli("run", "../studies/again.yaml", "--no-report", cwd=work, timeout=1200)
     finally:
         if before is None:
             os.environ.pop("LTSEARCH_PACK_WAIT_S")
         else:
             os.environ["LTSEARCH_PACK_WAIT_S"] = before
     yield {
-        "packed": packed, "alone": alone,
+        "packed": packed, "alone": alone, "again": again,
         "packed_dir": work / "results" / "packed", "alone_dir": work / "results" / "alone",
+        "again_dir": work / "results" / "again",
     }  # fmt: skip
 
 
@@ -130,3 +136,21 @@ def test_packed_runs_equal_the_same_runs_alone(runs: dict) -> None:
     losses: pd.DataFrame = epochs[["loss_p", "loss_a"]]
     for a, b in losses.itertuples(index=False):
         assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-6), (a, b)
+
+
+def test_a_study_reuses_the_runs_other_studies_of_its_storage_finished(runs: dict) -> None:
+    ran = runs["again"]
+    assert ran.rc == 1, ran.describe()  # AHR's seed 0 is not reused: it ran, and failed again
+    assert "4 ok (4 reused from other studies), 1 failed" in ran.out, ran.describe()
+    again = ResultStore(runs["again_dir"]).load_trials()
+    alone = ResultStore(runs["alone_dir"]).load_trials()
+    both = again.merge(alone, on=KEY, suffixes=("", "_alone"))
+    ok = both[both["status"] == "ok"]
+    assert len(ok) == 4 and set(ok["reused_from"]) <= {"alone", "packed"}
+    assert (ok["study"] == "again").all()
+    for a, b in zip(ok["bbox/APr"], ok["bbox/APr_alone"], strict=True):
+        assert math.isclose(a, b, abs_tol=1e-6), (a, b)
+    failed = again[again["status"] == "failed"]
+    assert list(failed["loss"]) == ["ahr"] and failed["reused_from"].isna().all()
+    epochs = ResultStore(runs["again_dir"]).load_epochs()
+    assert len(epochs) == 4 * 2  # each reused run's epochs were copied with it
