@@ -126,6 +126,8 @@ def _runs_line(study: Study) -> str:
     count = runs["status"].value_counts()
     stage1 = int((baseline_mask(runs) & (runs["status"] == "ok")).sum())
     ok = f"{int(count.get('ok', 0))} ok" + (f" ({stage1} of them stage-1 rows)" if stage1 else "")
+    reused = int(runs["reused_from"].notna().sum()) if "reused_from" in runs else 0
+    ok += f" ({reused} reused from other studies)" if reused else ""
     return (
         f"runs: {ok}, {int(count.get('failed', 0))} failed, {int(count.get('stopped', 0))} "
         "stopped (failed and stopped runs are left out of every number below)"

@@ -126,7 +126,8 @@ def _hms(seconds: float) -> str:
 
 
 def wall_time(runs: pd.DataFrame) -> str:
-    """``first start -> last finish (span); run time summed (train, eval)``."""
+    """``first start -> last finish (span); run time summed (train, eval)``, the sums over
+    the runs trained here (not those copied from another study, ``reused_from``)."""
     parts = []
     if {"started_at", "finished_at"} <= set(runs.columns):
         start = pd.to_datetime(runs["started_at"], utc=True, errors="coerce", format="ISO8601")
@@ -137,12 +138,18 @@ def wall_time(runs: pd.DataFrame) -> str:
                 f"{t0:%Y-%m-%d %H:%M} \u2192 {t1:%Y-%m-%d %H:%M} UTC "
                 f"({_hms((t1 - t0).total_seconds())})"
             )
+    reused = runs["reused_from"].notna() if "reused_from" in runs else runs["status"].isna()
+    trained = runs[~reused]  # a run copied from another study cost nothing here
     sums = [
-        (k, runs[f"time_{k}_s"].sum()) for k in ("total", "train", "eval") if f"time_{k}_s" in runs
+        (k, trained[f"time_{k}_s"].sum())
+        for k in ("total", "train", "eval")
+        if f"time_{k}_s" in trained
     ]
     if sums:
         detail = ", ".join(f"{k} {_hms(v)}" for k, v in sums[1:])
         parts.append(f"run time summed {_hms(sums[0][1])}" + (f" ({detail})" if detail else ""))
+    if reused.any():
+        parts.append(f"{int(reused.sum())} run(s) reused from other studies, not counted")
     return "; ".join(parts) or "no timings recorded"
 
 

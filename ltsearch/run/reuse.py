@@ -17,13 +17,16 @@ it was computed the same way, i.e. when all of these are equal:
 - neither study stops runs early (``search.early_stopping``: a rung's row is not a run).
 
 The run's parquet parts (trial row, epochs, per-category AP) are copied into this study, the
-row naming where it came from (``reused_from``) and this study's trial; its timings are the
-original run's, the cost of that result. ``search.reuse: false`` trains every run anew.
+row naming where it came from (``reused_from``) and this study's trial. Its ``time_*_s``
+columns are the original run's, the cost of that result, which a study's summed run time
+leaves out (:func:`ltsearch.report.sections.wall_time`); ``started_at`` / ``finished_at``
+are the copy's, within this study's span. ``search.reuse: false`` trains every run anew.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -115,10 +118,10 @@ def copy_finished(found: FinishedRun, store: ResultStore, row: dict[str, Any]) -
     source = found.row.get("reused_from") or found.study_dir.name  # where it was trained
     keep = {k: v for k, v in found.row.items() if k not in row or k.startswith("time_")}
     merged = {**row, **keep, "reused_from": source}
-    for k in ("status", "error", "started_at", "finished_at", "git_commit", "versions",
-              "host", "pid"):  # fmt: skip
+    for k in ("status", "error", "git_commit", "versions", "host", "pid"):
         if k in found.row:
             merged[k] = found.row[k]
+    merged["finished_at"] = datetime.now(timezone.utc).isoformat()  # this study's span
     store.write_trial(merged)  # last: its presence means the seed is complete
     print(f"{row['loss']} {chash} seed {seed}: reused the run of study {source} (same "
           "configuration, seed, code and resources)", flush=True)  # fmt: skip

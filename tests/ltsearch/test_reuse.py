@@ -120,7 +120,7 @@ def test_copied_parts_are_this_studys_run_naming_where_it_was_trained(tmp_path: 
     row = store.run_rows("trials", CHASH, SEED)[0]
     assert (row["study"], row["tune_trial_id"], row["reused_from"]) == ("ours", "t1", "theirs")
     assert (row["status"], row["time_train_s"], row["host"]) == ("ok", 12.0, "h")
-    assert (row["started_at"], row["finished_at"]) == ("then", "later")  # the run's own
+    assert row["started_at"] == "now" and row["finished_at"] not in ("then", "later")
     assert [r["loss"] for r in store.run_rows("epochs", CHASH, SEED)] == [1.5, 0.9]
     assert store.run_rows("categories", CHASH, SEED)[0]["frequency"] == "r"
     # a third study finds ours first (by name) and names the study that trained it
@@ -141,3 +141,20 @@ def test_the_runs_line_counts_reused_rows() -> None:
         == "runs (configuration x seed): 4 ok (3 reused from other studies), 1 failed"
     )
     assert "reused" not in StudyProgress(study_dir=Path("x"), trials_total=2).runs_line()
+
+
+def test_a_studys_summed_run_time_leaves_reused_runs_out() -> None:
+    import pandas as pd
+
+    from ltsearch.report.sections import wall_time
+
+    runs = pd.DataFrame({
+        "status": ["ok", "ok", "ok"], "reused_from": [None, "theirs", None],
+        "started_at": ["2026-12-07T10:00:00+00:00"] * 3,
+        "finished_at": ["2026-12-07T10:01:00+00:00"] * 3,
+        "time_total_s": [60.0, 3600.0, 30.0], "time_train_s": [50.0, 3000.0, 20.0],
+    })  # fmt: skip
+    text = wall_time(runs)
+    assert "run time summed 0h01m30s (train 0h01m10s)" in text, text
+    assert text.endswith("1 run(s) reused from other studies, not counted")
+    assert "reused" not in wall_time(runs.drop(columns="reused_from"))
