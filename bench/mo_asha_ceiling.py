@@ -16,6 +16,16 @@ could know at best is what a complete run knows, so two questions bound every ru
   beat it on new seeds.
 
 Halves: with ``n`` seeds, the first ``n // 2`` against the rest (one seed each for two).
+
+Two more questions need more seeds than the issue's protocol (2) has:
+
+- :func:`protocol_shares`: the protocol scores a rule on the front of seeds 0 and 1 alone.
+  Keep the configurations that the mean of *every other* seed puts first (the closest this
+  run comes to each configuration's expected final value) and score them there: what a rule
+  that knew the expected end exactly, and nothing of seeds 0 and 1's own luck, would keep.
+- :func:`ceiling_by_seeds`: the split-half share with ``h`` seeds on each side, for ``h`` = 1
+  to ``n // 2`` (the first ``2h`` seeds): does a front repeat once it is averaged over more
+  seeds?
 """
 
 from __future__ import annotations
@@ -60,11 +70,8 @@ def seed_halves(per_seed: dict[int, pd.DataFrame]) -> tuple[list[int], list[int]
 def halves(per_seed: dict[int, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The mean over each of :func:`seed_halves`."""
 
-    def mean(group: list[int]) -> pd.DataFrame:
-        return sum(per_seed[s] for s in group) / len(group)  # type: ignore[return-value]
-
     first, second = seed_halves(per_seed)
-    return mean(first), mean(second)
+    return _mean(per_seed, first), _mean(per_seed, second)
 
 
 def seed_agreement(per_seed: dict[int, pd.DataFrame]) -> list[float]:
@@ -80,21 +87,63 @@ def split_half_shares(
     ``keep`` configurations one half's promotion order puts first, on the other half's
     values; the mean of both directions."""
     a, b = halves(per_seed)
-    shares = []
-    for chooser, scored in ((a, b), (b, a)):
-        pick = promotion_order(chooser.to_numpy(), directions)[:keep]
-        values = scored.to_numpy()
-        worst = [
-            float(values[:, j].min() if d == "max" else values[:, j].max())
-            for j, d in enumerate(directions)
-        ]
-        pair = []
-        for ref in ([0.0] * len(directions), worst):
-            total = hypervolume(values, directions, ref)
-            pair.append(hypervolume(values[pick], directions, ref) / total if total > 0 else 0.0)
-        shares.append(pair)
+    shares = [chosen_share(a, b, directions, keep), chosen_share(b, a, directions, keep)]
     zero, nadir = np.mean(shares, axis=0)
     return float(zero), float(nadir)
+
+
+def chosen_share(
+    chooser: pd.DataFrame, scored: pd.DataFrame, directions: Sequence[str], keep: int
+) -> tuple[float, float]:
+    """The share of ``scored``'s hypervolume (against (0, ..., 0), against its nadir) held by
+    the ``keep`` configurations that ``chooser``'s promotion order puts first (both tables:
+    rows the same configurations, columns the objectives)."""
+    pick = promotion_order(chooser.to_numpy(), directions)[:keep]
+    values = scored.loc[chooser.index].to_numpy()
+    worst = [
+        float(values[:, j].min() if d == "max" else values[:, j].max())
+        for j, d in enumerate(directions)
+    ]
+    pair = []
+    for ref in ([0.0] * len(directions), worst):
+        total = hypervolume(values, directions, ref)
+        pair.append(hypervolume(values[pick], directions, ref) / total if total > 0 else 0.0)
+    return pair[0], pair[1]
+
+
+def _mean(per_seed: dict[int, pd.DataFrame], seeds: Sequence[int]) -> pd.DataFrame:
+    return sum(per_seed[s] for s in seeds) / len(seeds)  # type: ignore[return-value]
+
+
+def protocol_shares(
+    per_seed: dict[int, pd.DataFrame], directions: Sequence[str], keep: int, protocol: int = 2
+) -> tuple[float, float]:
+    """Keep the ``keep`` configurations that the mean over every seed after the first
+    ``protocol`` puts first; their share of the first ``protocol`` seeds' hypervolume
+    (against (0, ..., 0), against the nadir).
+
+    Raises:
+        ValueError: no seed beyond the protocol's.
+    """
+    seeds = sorted(per_seed)
+    if len(seeds) <= protocol:
+        raise ValueError(f"the protocol's share needs more than {protocol} seeds")
+    scored = _mean(per_seed, seeds[:protocol])
+    return chosen_share(_mean(per_seed, seeds[protocol:]), scored, directions, keep)
+
+
+def ceiling_by_seeds(
+    per_seed: dict[int, pd.DataFrame], directions: Sequence[str], keep: int
+) -> list[tuple[int, list[float], float, float]]:
+    """For ``h`` = 1 .. ``n // 2``: ``(h, Spearman per objective, share vs (0, ...), share
+    vs the nadir)`` of :func:`split_half_shares` on the first ``2h`` seeds."""
+    seeds = sorted(per_seed)
+    out = []
+    for h in range(1, len(seeds) // 2 + 1):
+        part = {s: per_seed[s] for s in seeds[: 2 * h]}
+        zero, nadir = split_half_shares(part, directions, keep)
+        out.append((h, seed_agreement(part), zero, nadir))
+    return out
 
 
 def budget_survivors(n: int, epochs: int, first_rung: int, budget: float) -> int:
@@ -115,18 +164,40 @@ def ceiling_report(study_dir: Path, objectives: Sequence[Objective], epochs: int
     print(f"\nthe noise ceiling: seeds {a} against seeds {b}, {n} configurations")
     print(f"  Spearman rank correlation of the halves' final values ({names}): {rho}")
     directions = [o.direction for o in objectives]
-    for keep in sorted({budget_survivors(n, epochs, 1, 1 / 3), -(-n // 3), -(-n // 2)}):
+    survivors = budget_survivors(n, epochs, 1, 1 / 3)
+    for keep in sorted({survivors, -(-n // 3), -(-n // 2)}):
         zero, nadir = split_half_shares(per_seed, directions, keep)
         print(
             f"  keep {keep} of {n} chosen by one half's complete run, scored on the other's: "
             f"{100 * zero:.1f}% of the hypervolume ({100 * nadir:.1f}% against the nadir)"
         )
+    if len(per_seed) < 4:
+        return
+    print(f"  with more seeds on each side, keeping {survivors}:")
+    for h, rhos, zero, nadir in ceiling_by_seeds(per_seed, directions, survivors):
+        rho = " / ".join(f"{r:+.2f}" for r in rhos)
+        print(
+            f"    {h} seed(s) a side: Spearman {rho}, {100 * zero:.1f}% of the hypervolume "
+            f"({100 * nadir:.1f}% against the nadir)"
+        )
+    seeds = sorted(per_seed)
+    print(f"  the issue's protocol (the front of seeds {seeds[:2]}), keeping the configurations "
+          f"the mean of seeds {seeds[2:]} puts first:")  # fmt: skip
+    for keep in sorted({survivors, -(-n // 3), -(-n // 2)}):
+        zero, nadir = protocol_shares(per_seed, directions, keep)
+        print(
+            f"    keep {keep} of {n}: {100 * zero:.1f}% of the hypervolume "
+            f"({100 * nadir:.1f}% against the nadir)"
+        )
 
 
 __all__ = [
     "budget_survivors",
+    "ceiling_by_seeds",
     "ceiling_report",
+    "chosen_share",
     "halves",
+    "protocol_shares",
     "seed_agreement",
     "seed_halves",
     "seed_table",

@@ -13,7 +13,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 from mo_asha_ceiling import (  # noqa: E402
     budget_survivors,
+    ceiling_by_seeds,
     halves,
+    protocol_shares,
     seed_agreement,
     seed_table,
     split_half_shares,
@@ -46,6 +48,34 @@ def test_split_half_shares_score_one_halfs_choice_on_the_other() -> None:
     assert zero == pytest.approx((900 / 4900 + 900 / 3800) / 2)
     assert nadir == pytest.approx(0.0)  # c has the worst AP_f: nothing above the nadir
     assert split_half_shares(_seeds(), MAX2, keep=3) == pytest.approx((1.0, 1.0))
+
+
+def test_protocol_shares_score_the_other_seeds_choice_on_the_first_two() -> None:
+    # seeds 0-1 mean: a (30, 90), b (40, 80), c (90, 10), all on the front; hypervolume vs
+    # (0, 0): 30 x 90 + 10 x 80 + 50 x 10 = 4000; vs the nadir (30, 10): only b's 10 x 70.
+    # Seed 2 puts a first (it dominates there): a holds 2700 of 4000 and nothing above the
+    # nadir.
+    idx = ["a", "b", "c"]
+    per_seed = {**_seeds(), 2: pd.DataFrame([[99, 99], [1, 1], [2, 2]], index=idx,
+                                            columns=COLS, dtype=float)}  # fmt: skip
+    assert protocol_shares(per_seed, MAX2, keep=1) == pytest.approx((2700 / 4000, 0.0))
+    assert protocol_shares(per_seed, MAX2, keep=3) == pytest.approx((1.0, 1.0))
+    with pytest.raises(ValueError, match="more than 2 seeds"):
+        protocol_shares(_seeds(), MAX2, keep=1)
+
+
+def test_ceiling_by_seeds_grows_the_halves_one_seed_a_side_at_a_time() -> None:
+    # seeds 0..3 alternate the two tables: 1 a side is the hand count above; 2 a side
+    # compares two equal means (Spearman 1), where keep 1 takes c (the later front end):
+    # 90 x 10 of 4000 vs (0, 0), nothing above the nadir.
+    per_seed = {s: _seeds()[s % 2] for s in range(4)}
+    (h1, rho1, zero1, nadir1), (h2, rho2, zero2, nadir2) = ceiling_by_seeds(per_seed, MAX2, 1)
+    assert (h1, h2) == (1, 2)
+    assert rho1 == pytest.approx([0.5, 1.0])
+    assert (zero1, nadir1) == pytest.approx(((900 / 4900 + 900 / 3800) / 2, 0.0))
+    assert rho2 == pytest.approx([1.0, 1.0])
+    assert (zero2, nadir2) == pytest.approx((900 / 4000, 0.0))
+    assert len(ceiling_by_seeds({**per_seed, 4: per_seed[0]}, MAX2, 1)) == 2  # 5 seeds: 2 a side
 
 
 def test_halves_average_the_first_and_the_second_half_of_the_seeds() -> None:
