@@ -6,7 +6,9 @@
 # Runs each paper study of studies/ with --embedded (its whole design, 3 seeds, budgets
 # scaled by ltsearch.spec.profiles) into runs/<name>-embedded, decoupled studies first (they
 # share two stage-1 models and their feature caches), then the end-to-end ones. Running it
-# again resumes: finished (configuration, seed) rows are read back, never re-run. Then
+# again resumes: finished (configuration, seed) rows are read back, never re-run, and a run
+# that an earlier study here already finished (the tables' shared rows) is copied, not
+# trained (search.reuse; 24 runs, 12 of them end-to-end). Then
 # `ltsearch reproduction` writes REPRODUCTION.md from every runs/*-embedded directory that
 # exists, with the verdict rule in ltsearch/report/reproduction.py. Exits 1 when a study had
 # failed rows (the reproduction is still written, and says which).
