@@ -138,7 +138,11 @@ def wall_time(runs: pd.DataFrame) -> str:
                 f"{t0:%Y-%m-%d %H:%M} \u2192 {t1:%Y-%m-%d %H:%M} UTC "
                 f"({_hms((t1 - t0).total_seconds())})"
             )
-    reused = runs["reused_from"].notna() if "reused_from" in runs else runs["status"].isna()
+    reused = (
+        runs["reused_from"].notna()
+        if "reused_from" in runs
+        else pd.Series(False, index=runs.index)
+    )
     trained = runs[~reused]  # a run copied from another study cost nothing here
     sums = [
         (k, trained[f"time_{k}_s"].sum())

@@ -25,13 +25,13 @@ are the copy's, within this study's span. ``search.reuse: false`` trains every r
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ltsearch.errors import StoreError
-from ltsearch.provenance import run_metadata
 from ltsearch.spec.io import parse_yaml
 from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
@@ -70,16 +70,14 @@ def _computed_alike(raw: dict[str, Any], spec: StudySpec) -> bool:
     return all(theirs.get(k, defaults[k]) == ours[k] for k in SAME_RESOURCES)
 
 
-def find_finished(
-    spec: StudySpec, study_dir: Path, chash: str, seed: int, device: str
-) -> FinishedRun | None:
-    """The run ``(chash, seed)`` as another study of the same storage finished it the same
-    way (see the module doc); ``None`` when there is none or reuse is off."""
+def find_finished(spec: StudySpec, study_dir: Path, row: Mapping[str, Any]) -> FinishedRun | None:
+    """The run of ``row`` (this study's row as known before the run:
+    ``ltsearch.run.records.base_row``) as another study of the same storage finished it
+    the same way (see the module doc); ``None`` when there is none or reuse is off."""
     if not spec.search.reuse or spec.search.early_stopping is not None:
         return None
-    here = run_metadata()
-    want = {"device": device, "workers": spec.resources.workers,
-            "git_commit": here["git_commit"], "versions": here["versions"]}  # fmt: skip
+    chash, seed = str(row["config_hash"]), int(row["seed"])
+    want = {k: row[k] for k in SAME_ROW}
     own = study_dir.resolve()
     for other in sorted(p for p in own.parent.iterdir() if p.is_dir() and p.resolve() != own):
         store = ResultStore(other)

@@ -178,7 +178,7 @@ def run_seed(
     workdir = run_dir(ctx, chash, seed)
     t0 = time.perf_counter()
     row = base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
-    found = find_finished(spec, Path(ctx.study_dir), chash, seed, cfg.device)
+    found = find_finished(spec, Path(ctx.study_dir), row)
     if found is not None:  # another study of this storage ran it: copied, not trained
         return copy_finished(found, store, row)
     bind = getattr(execute, "bind", None)  # a packed run names its pack in the row

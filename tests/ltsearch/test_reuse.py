@@ -40,6 +40,13 @@ def _row(**over: Any) -> dict[str, Any]:
             "finished_at": "later", **over}  # fmt: skip
 
 
+def _ours() -> dict[str, Any]:
+    """This study's row of the run before it runs (what ``base_row`` gives)."""
+    meta = run_metadata()
+    return {"study": "ours", "config_hash": CHASH, "seed": SEED, "device": "cpu", "workers": 1,
+            "git_commit": meta["git_commit"], "versions": meta["versions"]}  # fmt: skip
+
+
 def _other(storage: Path, name: str = "theirs", resources: Any = None, early: bool = False,
            **row: Any) -> Path:  # fmt: skip
     """A finished study ``name`` in ``storage`` holding the run (CHASH, SEED)."""
@@ -60,7 +67,7 @@ def _other(storage: Path, name: str = "theirs", resources: Any = None, early: bo
 
 def _find(storage: Path, **search: Any) -> Any:
     spec = _spec(storage, **search)
-    return find_finished(spec, spec.study_dir, CHASH, SEED, "cpu")
+    return find_finished(spec, spec.study_dir, _ours())
 
 
 def test_a_run_finished_alike_in_another_study_is_found(tmp_path: Path) -> None:
@@ -126,7 +133,7 @@ def test_copied_parts_are_this_studys_run_naming_where_it_was_trained(tmp_path: 
     # a third study finds ours first (by name) and names the study that trained it
     (spec.study_dir / "spec.yaml").write_text(yaml.safe_dump(STUDY))
     third_spec = _spec(tmp_path, name="third")
-    again = find_finished(third_spec, third_spec.study_dir, CHASH, SEED, "cpu")
+    again = find_finished(third_spec, third_spec.study_dir, _ours())
     assert again is not None and again.study_dir.name == "ours"
     third = ResultStore(tmp_path / "third")
     copy_finished(again, third, {**ours, "study": "third"})
