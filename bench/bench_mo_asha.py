@@ -111,6 +111,7 @@ class Size:
     rungs: list[int]
     reduction: int
     validation: dict[str, int] = field(default_factory=lambda: dict(VALIDATION))
+    ema: float | None = None  # search.early_stopping.ema_half_life (epochs)
 
 
 FULL = Size(FULL_LOSSES, [0, 1], 9, [1, 3], 3)
@@ -138,6 +139,9 @@ def make_spec(
             "reduction": size.reduction,
             "promotion": promotion,
         }
+        if size.ema is not None:
+            search["early_stopping"]["ema_half_life"] = size.ema
+            name = f"{name}-ema{size.ema:g}"
     return spec_from_dict(
         {
             "name": name,
@@ -327,6 +331,12 @@ def main() -> None:
         help="every class in at least this many validation images (2: the generator's default)",
     )
     parser.add_argument(
+        "--ema",
+        type=float,
+        help="rungs evaluate a moving average of the weights with this half-life in epochs "
+        "(search.early_stopping.ema_half_life; the studies are named with -ema<half-life>)",
+    )
+    parser.add_argument(
         "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which runs (default: all)"
     )
     args = parser.parse_args()
@@ -340,6 +350,7 @@ def main() -> None:
         reduction=args.reduction or size.reduction,
         seeds=list(range(args.seeds)) if args.seeds else size.seeds,
         validation={"val_images": args.val_images, "min_val_images": args.min_val_images},
+        ema=args.ema,
     )
     storage = Path(args.keep or tempfile.mkdtemp(prefix="bench-mo-asha-")).resolve()
     storage.mkdir(parents=True, exist_ok=True)

@@ -119,6 +119,11 @@ class TrialConfig:
             run would have gone on (the rungs of early stopping, ``ltsearch.run.rungs``).
             The learning-rate schedule always spans ``train.epochs``. Not for a
             feature-cache stage 2 (``use_feature_cache``), which trains in one go.
+        rung_ema: with ``stop_at_epoch`` before the end, evaluate there an exponential moving
+            average of the trained weights (:mod:`ltmodels.engine.ema`) instead of the
+            weights themselves; the value is its half-life in epochs. The average is kept
+            beside the checkpoint so that the next rung goes on with it; training and the
+            run's final evaluation are the same with or without it.
         build_threads: torch threads for building what the study's trials share (the
             stage-1 model, the feature cache) on CPU while they wait for it
             (:mod:`ltmodels.engine.threads`); 0 keeps the process's own setting.
@@ -136,6 +141,7 @@ class TrialConfig:
     loader_workers: int = 0
     full_eval: bool = False
     stop_at_epoch: int | None = None
+    rung_ema: float | None = None
     build_threads: int = 0
 
 

@@ -38,6 +38,7 @@ from ltmodels.engine.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ltmodels.engine.ema import WeightEMA
 from ltmodels.engine.evaluate import predict, score_detections
 from ltmodels.engine.threads import torch_threads
 from ltmodels.losses import build_loss
@@ -278,6 +279,7 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
         drop_damaged(ckpt, "the trial trains from its first epoch")
     if dist_utils.is_distributed():
         torch.distributed.barrier()
+    ema = rung_average(cfg, model, len(loader))
     with timer("train"):
         history = train_stage(
             model,
@@ -287,7 +289,20 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
             ckpt_path=ckpt,
             on_epoch=on_epoch,
             stop_at=cfg.stop_at_epoch,
+            ema=ema,
         )
-    with timer("eval"):
+    with timer("eval"), ema.applied() if ema is not None else nullcontext():
         metrics, rows = full_evaluation(model, val_set, cfg, spec, device)
     return TrialResult(metrics, history, rows, dict(timer.totals))
+
+
+def rung_average(
+    cfg: TrialConfig, model: torch.nn.Module, steps_per_epoch: int
+) -> WeightEMA | None:
+    """The weight average a rung evaluates (``cfg.rung_ema``), or None: no average asked
+    for, or the run trains to its end this time (its final evaluation is of its weights)."""
+    if cfg.rung_ema is None or cfg.stop_at_epoch is None:
+        return None
+    if cfg.stop_at_epoch >= cfg.train.budget(steps_per_epoch)[0]:
+        return None
+    return WeightEMA(model, cfg.rung_ema * steps_per_epoch)

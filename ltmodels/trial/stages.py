@@ -29,6 +29,7 @@ from ltmodels.engine import distributed as dist_utils
 from ltmodels.engine import phases
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ltmodels.engine.ema import WeightEMA, load_ema, save_ema
 from ltmodels.engine.train import WarmupMultiStepLR, build_optimizer, train_one_epoch
 from ltmodels.errors import ConfigError
 from ltmodels.trial.config import FINETUNE_PARTS, DataConfig, StageConfig
@@ -148,6 +149,7 @@ def train_stage(
     ckpt_path: Path,
     on_epoch: EpochCallback | None = None,
     stop_at: int | None = None,
+    ema: WeightEMA | None = None,
 ) -> list[dict[str, float]]:
     """Train ``stage.epochs`` epochs (or ``stage.iterations`` steps, the last epoch cut at
     the budget), checkpointing each epoch; resume from ``ckpt_path`` if a checkpoint of this
@@ -184,6 +186,10 @@ def train_stage(
         history = list(payload["extra"].get("history", []))
         _restore_worker_rng(ckpt_path, start)
         log.info("resumed %s at epoch %d", ckpt_path, start)
+    if ema is not None and start > 0 and not load_ema(ckpt_path, ema, start):
+        log.warning(
+            "no weight average of epoch %d beside %s: it averages from here on", start, ckpt_path
+        )
     if start > end:
         raise RuntimeError(f"{ckpt_path} is at epoch {start}, past the epoch {end} asked for")
     epoch = start
@@ -198,6 +204,7 @@ def train_stage(
             scaler=scaler,
             max_norm=stage.max_norm,
             max_steps=None if stage.iterations is None else total - scheduler.last_epoch,
+            on_step=None if ema is None else lambda _values: ema.update(),
         )
         history.append({"epoch": float(epoch), **stats})
         if dist_utils.rank() == 0:
@@ -210,6 +217,8 @@ def train_stage(
                 epoch=epoch + 1,
                 extra={"history": history},
             )
+            if ema is not None:
+                save_ema(ckpt_path, ema, epoch + 1)
         _save_worker_rng(ckpt_path, epoch + 1)
         phases.epoch_done(epoch + 1, n_epochs)
         if on_epoch is not None:

@@ -111,7 +111,13 @@ def early_stopping_md(
             if early.promotion == "front"
             else ""
         )
-        + ". Values are means over seeds at the rung, in %."
+        + ". Values are means over seeds at the rung, in %"
+        + (
+            f", of an exponential moving average of the weights (half-life "
+            f"{early.ema_half_life:g} epochs; the fully trained rows are of the weights)."
+            if early.ema_half_life is not None
+            else "."
+        )
     ]
     if not runs.empty:
         parts.append(_epochs_line(spec, runs))

@@ -5,10 +5,11 @@ each seed to the end in one go. For each decision rung ``r`` (the rungs before
 ``training.epochs``) it trains every seed in turn up to epoch ``r`` (each seed resuming from
 its own checkpoint in ``runs/<config>-s<seed>/``: ``TrialConfig.stop_at_epoch``), evaluates
 it there (the trial's bbox evaluation on the validation set; segm only when an objective is
-a segm metric), and reports the mean over seeds to Tune with ``rung_epoch: r``. The
-scheduler (:mod:`ltsearch.run.rung_scheduler`, on the driver) decides: a trial it stops
-never returns from that report; one it lets go on climbs to the next rung, and after the
-last one trains its seeds to the end as a trial without early stopping does.
+a segm metric; of the weights' moving average with ``ema_half_life``), and reports the
+mean over seeds to Tune with ``rung_epoch: r``. The scheduler
+(:mod:`ltsearch.run.rung_scheduler`, on the driver) decides: a trial it stops never
+returns from that report; one it lets go on climbs to the next rung, and after the last
+one trains its seeds to the end as a trial without early stopping does.
 
 Every decision is appended to ``<study>/rungs.jsonl`` (one JSON line per configuration and
 rung, flushed and fsync'ed before Tune acts on it), keyed by configuration hash, so a
@@ -46,15 +47,17 @@ if TYPE_CHECKING:
     from ltsearch.run.trainable import StudyContext
 
 
-def _rung_file(workdir: Path, rung: int) -> Path:
-    return workdir / f"rung-{rung}.json"
+def _rung_file(workdir: Path, rung: int, ema: float | None = None) -> Path:
+    """A seed's evaluation at a rung (of the weight average: its half-life in the name, so
+    that a study whose setting changed evaluates again)."""
+    return workdir / (f"rung-{rung}.json" if ema is None else f"rung-{rung}-ema{ema:g}.json")
 
 
 def _earlier(workdir: Path, rung: int) -> dict[str, Any] | None:
     """This seed's evaluation at its latest rung before ``rung`` (None: none yet)."""
-    found = [int(p.stem.split("-")[1]) for p in workdir.glob("rung-*.json")]
+    found = {int(p.stem.split("-")[1]): p for p in workdir.glob("rung-*.json")}
     below = [r for r in found if r < rung]
-    return json.loads(_rung_file(workdir, max(below)).read_text()) if below else None
+    return json.loads(found[max(below)].read_text()) if below else None
 
 
 def rung_run(
@@ -84,12 +87,14 @@ def rung_run(
     chash = rec.choice_hash(choice, spec)
     rec.stored_metrics(store, chash, seed)  # raises for a failed seed
     workdir = rec.run_dir(ctx, chash, seed)
-    cached = _rung_file(workdir, rung)
+    early = spec.search.early_stopping
+    ema = None if early is None else early.ema_half_life
+    cached = _rung_file(workdir, rung, ema)
     if cached.is_file():
         return json.loads(cached.read_text())
     cfg = tr.trial_config(ctx, spec, choice, seed)
     segm = any(m.startswith("segm/") for m in spec.search.metric_names)
-    cfg = replace(cfg, stop_at_epoch=rung, eval_masks=cfg.eval_masks and segm)
+    cfg = replace(cfg, stop_at_epoch=rung, rung_ema=ema, eval_masks=cfg.eval_masks and segm)
     before = _earlier(workdir, rung)
     row = rec.base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
     t0 = time.perf_counter()

@@ -15,6 +15,12 @@ published: it stopped trade-off points for crowding, BENCHMARKS.md). A rung at
 ``training.epochs`` is the end of training (no decision there). End-to-end studies only: a
 decoupled trial's stage 2 is short, and its feature-cache path trains in one go. Without the
 key every configuration trains to the end.
+
+``ema_half_life`` (epochs, optional): a rung evaluates an exponential moving average of the
+weights (half-life in epochs; :mod:`ltmodels.engine.ema`) instead of the weights at that
+step. A rung early in the schedule is at the peak learning rate, where the weights
+oscillate around what the annealed run settles to; the average ranks closer to the end.
+Training and every final evaluation are the same with or without it.
 """
 
 from __future__ import annotations
@@ -33,11 +39,13 @@ class EarlyStopping(Strict):
     """Rungs (epochs, strictly increasing), the reduction factor (``1/reduction`` of the
     configurations at a rung go on) and the promotion rule: ``ranked`` keeps that quota by
     non-dominated rank and crowding distance, ``front`` (the default) also every point of
-    the rung's first front."""
+    the rung's first front; ``ema_half_life``: rungs evaluate a moving average of the
+    weights with this half-life in epochs (none: the weights themselves)."""
 
     rungs: list[PosInt] = Field(min_length=1)
     reduction: Annotated[Int, Field(ge=2)] = 3
     promotion: Literal["ranked", "front"] = "front"
+    ema_half_life: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
 
     @field_validator("rungs")
     @classmethod

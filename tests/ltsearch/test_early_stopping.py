@@ -102,6 +102,7 @@ def _climb(spec: StudySpec, xi: float, runs: FakeRuns, report: Any) -> None:
         ({"rungs": [1], "reduction": 1}, {}, "reduction: got 1; input should be greater"),
         ({"rungs": [1], "halving": 2}, {}, "halving: unknown key"),
         ({"rungs": [1], "promotion": "best"}, {}, "promotion: got 'best'; input should be"),
+        ({"rungs": [1], "ema_half_life": 0}, {}, "ema_half_life: got 0; input should be"),
         (
             {"rungs": [1]},
             {"schedule": "decoupled", "stage1": {}, "stage2": {}},
@@ -193,6 +194,35 @@ def test_a_resumed_trial_skips_the_rungs_it_passed_and_reevaluates_nothing(
     append_log(spec.study_dir, RungRecord(chash, 2, [0.1, 0.05], "continue"))
     _climb(spec, 0.5, runs, reports.append)  # every rung passed: on to the end at once
     assert len(runs.calls) == 4 and len(reports) == 5
+
+
+def test_rungs_evaluate_the_weight_average_when_asked_and_again_when_it_changes(
+    tmp_path: Path,
+) -> None:
+    runs = FakeRuns()
+    seen: list[Any] = []
+
+    def execute(cfg: Any, **kw: Any) -> TrialResult:
+        seen.append((cfg.stop_at_epoch, cfg.rung_ema))
+        return runs(cfg, **kw)
+
+    choice = {"loss": "acsl", "loss_params": {"xi": 0.5}}
+    spec = make_spec(tmp_path, {"rungs": [1], "ema_half_life": 0.5})
+    climb(_ctx(spec), spec, choice, tune_trial_id="t", execute=execute, report=lambda r: None)
+    assert seen == [(1, 0.5), (1, 0.5)]
+    workdirs = sorted((spec.study_dir / "runs").iterdir())
+    assert [sorted(p.name for p in d.glob("rung-*")) for d in workdirs] == [
+        ["rung-1-ema0.5.json"]
+    ] * 2
+    # the same study with another half-life does not read those evaluations back (the fake
+    # run would refuse to go back to epoch 1, so drop its checkpoints as a new run has none)
+    for d in workdirs:
+        (d / "fake.ckpt").unlink()
+    other = make_spec(tmp_path, {"rungs": [1], "ema_half_life": 2.0})
+    climb(_ctx(other), other, choice, tune_trial_id="t", execute=execute, report=lambda r: None)
+    assert seen[2:] == [(1, 2.0), (1, 2.0)]
+    assert sorted((spec.study_dir / "runs").iterdir()) == workdirs  # the same runs
+    assert all((d / "rung-1-ema2.json").is_file() for d in workdirs)
 
 
 def test_a_stop_ends_the_trial_at_its_report(tmp_path: Path) -> None:

@@ -120,6 +120,7 @@ def test_the_section_lists_each_rung_and_both_fronts(
     text = _section(report, "Early stopping (MO-ASHA)")
     assert "Rungs at epochs [1, 2, 3] of 3, reduction 2" in text
     assert "(promotion: front)" in text  # the default rule
+    assert "Values are means over seeds at the rung, in %." in text  # of the weights
     # 2 configurations x 2 seeds x 3 epochs, plus C's 2 x 1 and D's 2 x 2, of 4 x 2 x 3
     assert "Epochs trained (configuration \u00d7 seed): **18** of the 24" in text
     assert "(75%); 2 of 4 configurations stopped early." in text
@@ -156,3 +157,25 @@ def test_a_rebuilt_journal_has_the_stopped_configurations_pruned(
     write_journal(spec, configs, path)
     states = journal.trial_states(path, spec.name)
     assert sorted(states) == [journal.COMPLETE] * 2 + [journal.PRUNED] * 2
+
+
+def test_the_section_says_when_rungs_evaluated_a_weight_average(
+    study: tuple[Path, StudySpec],
+) -> None:
+    from ltsearch.report.early import early_stopping_md
+
+    dir_, spec = study
+    raw = spec.to_dict()
+    raw["search"]["early_stopping"]["ema_half_life"] = 0.5
+    averaged = spec_from_dict(raw)
+    runs = ResultStore(dir_).load_trials()
+    text = early_stopping_md(averaged, dir_, runs.iloc[:0], _EmptySummary(), 100.0)
+    assert (
+        "Values are means over seeds at the rung, in %, of an exponential moving average of "
+        "the weights (half-life 0.5 epochs; the fully trained rows are of the weights)."
+    ) in text
+
+
+class _EmptySummary:
+    objectives: list[Any] = []
+    configs = pd.DataFrame()
