@@ -331,6 +331,12 @@ def main() -> None:
         help="every class in at least this many validation images (2: the generator's default)",
     )
     parser.add_argument(
+        "--leave-out-failed",
+        action="store_true",
+        help="the replay leaves out configurations that failed after a rung (it refuses "
+        "the full run otherwise: a rule would spend epochs on them until they fail)",
+    )
+    parser.add_argument(
         "--ema",
         type=float,
         help="rungs evaluate a moving average of the weights with this half-life in epochs "
@@ -397,6 +403,7 @@ def main() -> None:
                 lambda r, k: make_spec("full", storage, replace(size, rungs=r, reduction=k), True),
                 OBJECTIVES,
                 args.orders,
+                args.leave_out_failed,
             )
         elif args.orders > 0:
             print("no replay: it needs the full run's rung values (--runs full)")

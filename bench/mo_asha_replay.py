@@ -70,7 +70,7 @@ class FullRun:
     rungs: list[int]
     n_seeds: int
     directions: list[str]
-    left_out: list[str] = field(default_factory=list)  # failed before the first rung (labels)
+    left_out: list[str] = field(default_factory=list)  # failed (labels): see load_full
 
     def nadir(self) -> list[float]:
         """The worst value of each objective over every configuration's final means."""
@@ -102,19 +102,21 @@ class FullRun:
 
 
 def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[int],
-              epochs: int) -> FullRun:  # fmt: skip
+              epochs: int, leave_out_failed: bool = False) -> FullRun:  # fmt: skip
     """Read a full run (nobody stopped) of :mod:`bench_mo_asha`.
 
     A configuration whose run failed before its first rung (a loss that diverged in the
     first epoch) fails the same way under every rule: it is left out, named in
     ``FullRun.left_out``. One that failed after a rung would be seen differently by
-    different rules, and the run is refused."""
+    different rules (it takes a rung's place, and spends epochs until it fails), and the
+    run is refused, unless ``leave_out_failed``: then it is left out too, as if it had
+    never been asked (to compare with a run where it failed before the first rung)."""
     records = read_log(study_dir)
     runs = ResultStore(study_dir).load_trials()
     if (runs["status"] == "stopped").any():
         raise ValueError(f"{study_dir}: the full run has stopped rows: not a full run")
     bad = set(runs.loc[runs["status"] != "ok", "config_hash"].astype(str))
-    if bad & {r.config_hash for r in records}:
+    if bad & {r.config_hash for r in records} and not leave_out_failed:
         raise ValueError(f"{study_dir}: a configuration failed after a rung: {sorted(bad)}")
     failed = runs["config_hash"].astype(str).isin(bad)
     left_out = sorted({row_label(r) for _, r in runs[failed].iterrows()})
@@ -128,6 +130,7 @@ def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[
         for i, h in zip(table.index, table["config_hash"], strict=True)
     }
     labels = dict(zip(table["config_hash"].astype(str), table["label"], strict=True))
+    records = [r for r in records if r.config_hash not in bad]
     values = {(r.config_hash, r.rung): list(r.values) for r in records}
     configs = list(dict.fromkeys(r.config_hash for r in records if r.rung == rungs[0]))
     missing = [(c, r) for c in configs for r in rungs if (c, r) not in values]

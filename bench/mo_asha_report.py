@@ -30,6 +30,7 @@ def replay_report(
     spec_for: Callable[[list[int], int], StudySpec],
     objectives: Sequence[Objective],
     orders: int,
+    leave_out_failed: bool = False,
 ) -> None:
     """Every rule on ``setting``'s rungs and reduction (``(rungs, reduction, epochs)``;
     ``spec_for(rungs, reduction)`` is the study's spec with them), then on a grid of first
@@ -49,7 +50,7 @@ def replay_report(
     )
     for rungs, reduction in settings:
         spec = spec_for(rungs, reduction)
-        full = load_full(full_dir, objectives, rungs, epochs)
+        full = load_full(full_dir, objectives, rungs, epochs, leave_out_failed)
         slots = spec.resources.max_concurrent_trials
         print(f"\nrungs {rungs}, reduction {reduction}, {slots} trial(s) at a time")
         print(HEADER)
@@ -60,8 +61,9 @@ def replay_report(
     front = sorted(full.front())
     print(f"\nfull-run front: {', '.join(full.labels[c] for c in front)}")
     if full.left_out:
-        print(f"left out (failed before the first rung, as under any rule): {full.left_out}")
-    every = load_full(full_dir, objectives, list(range(1, epochs)), epochs)
+        when = "failed" if leave_out_failed else "failed before the first rung, as under any rule"
+        print(f"left out ({when}): {full.left_out}")
+    every = load_full(full_dir, objectives, list(range(1, epochs)), epochs, leave_out_failed)
     names = ", ".join(o.metric for o in objectives)
     print(f"\nSpearman rank correlation of each epoch's values with the final means ({names}):")
     for rung, rho in rung_correlations(every).items():

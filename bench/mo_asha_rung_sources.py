@@ -27,13 +27,13 @@ from ltsearch.store import ResultStore
 METRICS = ["bbox/APr", "bbox/APf"]
 
 
-def rung_means(study_dir: Path, seeds: list[int]) -> pd.DataFrame:
-    """Mean over ``seeds`` of each configuration's rung values: index (config_hash, epoch),
+def rung_means(study_dir: Path, configs: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Mean over ``seeds`` of each of ``configs``' rung values: index (config_hash, epoch),
     columns :data:`METRICS`, in %."""
     rows = []
     for run in sorted((study_dir / "runs").iterdir()):
         chash, seed = run.name.rsplit("-s", 1)
-        if int(seed) not in seeds:
+        if chash not in configs or int(seed) not in seeds:
             continue
         for path in run.glob("rung-*.json"):
             row = json.loads(path.read_text())["row"]
@@ -70,10 +70,8 @@ def main() -> None:
     ref = finals(args.reference or args.runs[0])
     ref_seeds = sorted(set(ref.index.get_level_values(1)))
     target = ref.groupby(level=0).mean().loc[configs]
-    means = [rung_means(d, seeds) for d in args.runs]
-    epochs = sorted(
-        set(means[0].index.get_level_values(1)) & set(means[1].index.get_level_values(1))
-    )
+    means = [rung_means(d, configs, seeds) for d in args.runs]
+    epochs = sorted(set.intersection(*(set(m.index.get_level_values(1)) for m in means)))
     source = args.reference or args.runs[0]
     print(f"Spearman of each epoch's rung means (seeds {seeds}) with the final means of "
           f"{source} (seeds {ref_seeds}), {' / '.join(METRICS)}:")  # fmt: skip

@@ -150,3 +150,7 @@ def test_load_full_leaves_out_a_configuration_that_failed_before_its_first_rung(
     append_log(tmp_path, RungRecord("cccc", 1, [0.0, 0.0], CONTINUE))
     with pytest.raises(ValueError, match="failed after a rung"):
         load_full(tmp_path, objectives, [1], 3)
+    # unless asked to leave it out, as a run where it failed before the first rung does
+    again = load_full(tmp_path, objectives, [1], 3, leave_out_failed=True)
+    assert again.configs == ["aaaa", "bbbb"] and again.left_out == ["ce"]
+    assert ("cccc", 1) not in again.rung_values
