@@ -36,6 +36,16 @@ def tiny_decoupled(
     )  # fmt: skip
 
 
+def tiny_end_to_end(synth: SynthPaths, cache: Path, loss: str, seed: int) -> TrialConfig:
+    """A 3-epoch end-to-end trial of the tiny detector on ``synth`` (the rungs' tests)."""
+    root = str(synth.root)
+    train = StageConfig(loss=loss, epochs=3, lr=0.02, batch_size=8, warmup_iters=4)
+    return TrialConfig(
+        data=DataConfig(str(synth.train_json), str(synth.val_json), root, root),
+        train=train, model=TINY_MODEL, seed=seed, eval_masks=False, cache_dir=str(cache),
+    )  # fmt: skip
+
+
 def cache_datasets(synth: SynthPaths, train_images: int) -> tuple[Subset, LVISDetection]:
     """The first ``train_images`` training images (no masks) and the validation set."""
     train = LVISDetection(synth.train_json, synth.root, with_masks=False)

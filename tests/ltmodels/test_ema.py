@@ -14,8 +14,8 @@ from torch import nn
 from ltmodels.data.synthetic import SynthPaths
 from ltmodels.engine.checkpoint import load_checkpoint
 from ltmodels.engine.ema import WeightEMA, ema_path, load_ema, save_ema
-from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
 from ltmodels.trial.run import run_trial
+from tests.ltmodels.cache_fixtures import tiny_end_to_end
 
 
 def _model() -> nn.Module:
@@ -83,27 +83,11 @@ def test_saved_and_loaded_only_at_its_epoch_half_life_and_parameters(tmp_path: P
     assert not load_ema(tmp_path / "none.pt", WeightEMA(model, 2.0), epoch=1)
 
 
-MODEL = {"backbone": "tiny", "min_size": 64, "max_size": 64, "masks": False}
-
-
-def _cfg(synth: SynthPaths, tmp_path: Path) -> TrialConfig:
-    root = str(synth.root)
-    train = StageConfig(loss="ce", epochs=3, lr=0.02, batch_size=8, warmup_iters=4)
-    return TrialConfig(
-        data=DataConfig(str(synth.train_json), str(synth.val_json), root, root),
-        train=train,
-        model=MODEL,
-        seed=2,
-        eval_masks=False,
-        cache_dir=str(tmp_path / "cache"),
-    )
-
-
 @pytest.mark.slow
 def test_a_rung_evaluates_the_average_and_training_is_untouched(
     synth_small: SynthPaths, tmp_path: Path
 ) -> None:
-    cfg = _cfg(synth_small, tmp_path)
+    cfg = tiny_end_to_end(synth_small, tmp_path / "cache", "ce", seed=2)
     averaged = replace(cfg, rung_ema=0.5)
     # rung 1 then rung 2, each resuming; and rung 2 in one go: the same average
     run_trial(replace(averaged, stop_at_epoch=1), workdir=tmp_path / "a")

@@ -11,30 +11,15 @@ import torch
 
 from ltmodels.data.synthetic import SynthPaths
 from ltmodels.engine.checkpoint import load_checkpoint
-from ltmodels.trial.config import DataConfig, StageConfig, TrialConfig
 from ltmodels.trial.run import run_trial
-
-MODEL = {"backbone": "tiny", "min_size": 64, "max_size": 64, "masks": False}
-
-
-def _cfg(synth: SynthPaths, tmp_path: Path) -> TrialConfig:
-    root = str(synth.root)
-    train = StageConfig(loss="eqlv2", epochs=3, lr=0.02, batch_size=8, warmup_iters=4)
-    return TrialConfig(
-        data=DataConfig(str(synth.train_json), str(synth.val_json), root, root),
-        train=train,
-        model=MODEL,
-        seed=1,
-        eval_masks=False,
-        cache_dir=str(tmp_path / "cache"),
-    )
+from tests.ltmodels.cache_fixtures import tiny_end_to_end
 
 
 @pytest.mark.slow
 def test_stopped_at_a_rung_then_continued_equals_a_straight_run(
     synth_small: SynthPaths, tmp_path: Path
 ) -> None:
-    cfg = _cfg(synth_small, tmp_path)
+    cfg = tiny_end_to_end(synth_small, tmp_path / "cache", "eqlv2", seed=1)
     rung = run_trial(replace(cfg, stop_at_epoch=1), workdir=tmp_path / "rungs")
     assert [e["epoch"] for e in rung.epochs] == [0.0]
     assert load_checkpoint(tmp_path / "rungs" / "checkpoint.pt", restore_rng=False)["epoch"] == 1
