@@ -54,22 +54,19 @@ import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from mo_asha_outcomes import measure, report  # noqa: E402
 from mo_asha_replay import (  # noqa: E402
     asha_rule,
 )
 from mo_asha_report import replay_report  # noqa: E402
 
 from ltmodels.trial.run import run_trial  # noqa: E402
-from ltsearch.report.pareto import hypervolume  # noqa: E402
-from ltsearch.report.tables import prepare_runs, summarize  # noqa: E402
 from ltsearch.run.driver import run_study  # noqa: E402
 from ltsearch.run.moasha import PROMOTIONS  # noqa: E402
 from ltsearch.run.rung_scheduler import Rule  # noqa: E402
 from ltsearch.run.trainable import StudyContext, resolve_data, trial_config  # noqa: E402
-from ltsearch.rung_log import RUNG_KEY  # noqa: E402
 from ltsearch.spec.sections import Objective  # noqa: E402
 from ltsearch.spec.study import StudySpec, spec_from_dict  # noqa: E402
-from ltsearch.store import ResultStore  # noqa: E402
 
 # 120 training images: the fewest with frequent classes (> 100 images), so AP_f is defined
 DATASET = {"kind": "synthetic", "classes": 6, "train_images": 120, "val_images": 24,
@@ -175,35 +172,6 @@ def never_stop(spec: StudySpec) -> Rule:
 RUNS = ("full", "mo-asha", "asha-apr")
 
 
-@dataclass
-class Outcome:
-    name: str
-    wall_s: float
-    epochs: int
-    trained: set[str]  # configurations trained to the end (labels)
-    front: set[str]
-    hv: float
-
-
-def measure(name: str, spec: StudySpec, wall_s: float) -> Outcome:
-    runs = ResultStore(spec.study_dir).load_trials()
-    ok = runs["status"] == "ok"
-    stopped = runs.loc[runs["status"] == "stopped", RUNG_KEY] if RUNG_KEY in runs else []
-    epochs = int(ok.sum()) * spec.training.epochs + int(sum(stopped))
-    runs, _ = prepare_runs(runs)
-    configs = summarize(runs, OBJECTIVES, [o.metric for o in OBJECTIVES]).configs
-    values = configs[[f"{o.metric}.mean" for o in OBJECTIVES]].to_numpy(float)
-    hv = hypervolume(values, [o.direction for o in OBJECTIVES], [0.0, 0.0])
-    return Outcome(
-        name,
-        wall_s,
-        epochs,
-        set(configs["label"]),
-        set(configs.loc[configs["front"], "label"]),
-        hv,
-    )
-
-
 def pretrain(
     storage: Path,
     images: int = PRETRAIN_DATASET["train_images"],
@@ -258,26 +226,6 @@ def estimate_s(size: Size, n_configs: int, epoch_s: float, eval_s: float) -> flo
     runs = n_configs * len(size.seeds)
     full = runs * (size.epochs * epoch_s + eval_s + 3.0) + 20.0
     return 2 * full
-
-
-def report(outcomes: list[Outcome], size: Size, n_configs: int) -> None:
-    full = outcomes[0]
-    print(
-        f"\n{n_configs} configurations x {len(size.seeds)} seed(s) x {size.epochs} epochs, "
-        f"rungs {size.rungs}, reduction {size.reduction}; front in (AP_r, AP_f) %, "
-        "hypervolume against (0, 0)"
-    )
-    print("| run | epochs trained | wall time | hypervolume | share of full HV | full-front "
-          "members trained to the end |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for o in outcomes:
-        kept = len(full.front & o.trained)
-        share = o.hv / full.hv if full.hv else float("nan")
-        print(
-            f"| {o.name} | {o.epochs} ({100 * o.epochs / full.epochs:.0f}%) | {o.wall_s:.0f} s "
-            f"| {o.hv:.2f} | {100 * share:.1f}% | {kept} of {len(full.front)} |"
-        )
-    print(f"\nfull-run front: {', '.join(sorted(full.front))}")
 
 
 def main() -> None:
@@ -387,13 +335,15 @@ def main() -> None:
                 spec = spec_from_dict({**spec.to_dict(), "resources": resources})
             t0 = time.perf_counter()
             run_study(spec, progress=False, rule=None if rule is None else rule(spec))
-            outcomes.append(measure(label, spec, time.perf_counter() - t0))
+            outcomes.append(measure(label, spec, time.perf_counter() - t0, OBJECTIVES))
             o = outcomes[-1]
             print(f"{label}: {o.epochs} epochs, {o.wall_s:.0f} s", flush=True)
         full_spec = make_spec("full", storage, size, True, rungs=every_epoch(size))
         full_dir = full_spec.study_dir
         if outcomes and outcomes[0].name != "full" and (full_dir / "trials").is_dir():
-            outcomes.insert(0, measure("full", full_spec, float("nan")))  # an earlier run's
+            outcomes.insert(
+                0, measure("full", full_spec, float("nan"), OBJECTIVES)
+            )  # an earlier run's
         if outcomes and outcomes[0].name == "full":
             report(outcomes, size, n_configs)
         if args.orders > 0 and (full_dir / "rungs.jsonl").is_file():
