@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -27,19 +28,25 @@ from ltsearch.store import ResultStore
 METRICS = ["bbox/APr", "bbox/APf"]
 
 
+def rung_rows(study_dir: Path, seeds: list[int]) -> Iterator[tuple[str, int, int, dict]]:
+    """``(config_hash, seed, epoch, row)`` of every kept rung evaluation of ``seeds``."""
+    for run in sorted((study_dir / "runs").iterdir()):
+        chash, seed = run.name.rsplit("-s", 1)
+        if int(seed) in seeds:
+            for path in run.glob("rung-*.json"):
+                row = json.loads(path.read_text())["row"]
+                yield chash, int(seed), int(path.stem.split("-")[1]), row
+
+
 def rung_means(study_dir: Path, configs: list[str], seeds: list[int]) -> pd.DataFrame:
     """Mean over ``seeds`` of each of ``configs``' rung values: index (config_hash, epoch),
     columns :data:`METRICS`, in %."""
-    rows = []
-    for run in sorted((study_dir / "runs").iterdir()):
-        chash, seed = run.name.rsplit("-s", 1)
-        if chash not in configs or int(seed) not in seeds:
-            continue
-        for path in run.glob("rung-*.json"):
-            row = json.loads(path.read_text())["row"]
-            epoch = int(path.stem.split("-")[1])
-            rows.append({"config_hash": chash, "epoch": epoch, "seed": int(seed),
-                         **{m: 100 * float(row[m]) for m in METRICS}})  # fmt: skip
+    rows = [
+        {"config_hash": chash, "epoch": epoch, "seed": seed,
+         **{m: 100 * float(row[m]) for m in METRICS}}
+        for chash, seed, epoch, row in rung_rows(study_dir, seeds)
+        if chash in configs
+    ]  # fmt: skip
     table = pd.DataFrame(rows)
     counts = table.groupby(["config_hash", "epoch"])["seed"].nunique()
     if (counts != len(seeds)).any():

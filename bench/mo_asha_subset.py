@@ -14,7 +14,6 @@ host as another full run it is to be compared with.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 from dataclasses import replace
@@ -24,6 +23,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench_mo_asha import FULL, OBJECTIVES, make_spec  # noqa: E402
 from mo_asha_report import replay_report  # noqa: E402
+from mo_asha_rung_sources import rung_rows  # noqa: E402
 
 from ltsearch.run.trainable import mean_metrics  # noqa: E402
 from ltsearch.rung_log import CONTINUE, RungRecord, append_log, read_log  # noqa: E402
@@ -43,14 +43,8 @@ def subset(src: Path, out: Path, seeds: list[int]) -> None:
     metrics = [o.metric for o in OBJECTIVES]
     labels = {r.config_hash: r.label for r in read_log(src)}
     per_rung: dict[tuple[str, int], list[dict[str, float]]] = {}
-    for run in sorted((src / "runs").iterdir()):
-        chash, seed = run.name.rsplit("-s", 1)
-        if int(seed) not in seeds:
-            continue
-        for path in run.glob("rung-*.json"):
-            row = json.loads(path.read_text())["row"]
-            key = (chash, int(path.stem.split("-")[1]))
-            per_rung.setdefault(key, []).append({m: float(row[m]) for m in metrics})
+    for chash, _seed, rung, row in rung_rows(src, seeds):
+        per_rung.setdefault((chash, rung), []).append({m: float(row[m]) for m in metrics})
     for (chash, rung), values in sorted(per_rung.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         if len(values) != len(seeds) or chash not in labels:
             continue  # a seed failed before this rung (or another seed before the first)
