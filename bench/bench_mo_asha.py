@@ -109,6 +109,7 @@ class Size:
     reduction: int
     validation: dict[str, int] = field(default_factory=lambda: dict(VALIDATION))
     ema: float | None = None  # search.early_stopping.ema_half_life (epochs)
+    cooldown: float | None = None  # search.early_stopping.cooldown (epochs)
 
 
 FULL = Size(FULL_LOSSES, [0, 1], 9, [1, 3], 3)
@@ -139,6 +140,9 @@ def make_spec(
         if size.ema is not None:
             search["early_stopping"]["ema_half_life"] = size.ema
             name = f"{name}-ema{size.ema:g}"
+        if size.cooldown is not None:
+            search["early_stopping"]["cooldown"] = size.cooldown
+            name = f"{name}-cool{size.cooldown:g}"
     return spec_from_dict(
         {
             "name": name,
@@ -291,6 +295,13 @@ def main() -> None:
         "(search.early_stopping.ema_half_life; the studies are named with -ema<half-life>)",
     )
     parser.add_argument(
+        "--cooldown",
+        type=float,
+        help="rungs evaluate a copy trained this many epochs further with the learning rate "
+        "decaying to 0 (search.early_stopping.cooldown; counted as epochs spent by the "
+        "replays; the studies are named with -cool<epochs>)",
+    )
+    parser.add_argument(
         "--runs", nargs="+", default=list(RUNS), choices=RUNS, help="which runs (default: all)"
     )
     args = parser.parse_args()
@@ -305,6 +316,7 @@ def main() -> None:
         seeds=list(range(args.seeds)) if args.seeds else size.seeds,
         validation={"val_images": args.val_images, "min_val_images": args.min_val_images},
         ema=args.ema,
+        cooldown=args.cooldown,
     )
     storage = Path(args.keep or tempfile.mkdtemp(prefix="bench-mo-asha-")).resolve()
     storage.mkdir(parents=True, exist_ok=True)
@@ -335,9 +347,11 @@ def main() -> None:
                 spec = spec_from_dict({**spec.to_dict(), "resources": resources})
             t0 = time.perf_counter()
             run_study(spec, progress=False, rule=None if rule is None else rule(spec))
-            outcomes.append(measure(label, spec, time.perf_counter() - t0, OBJECTIVES))
+            cost = 0.0 if name == "full" else size.cooldown or 0.0  # the full run's rungs
+            wall = time.perf_counter() - t0  # only record (every epoch) for the replays
+            outcomes.append(measure(label, spec, wall, OBJECTIVES, cost))
             o = outcomes[-1]
-            print(f"{label}: {o.epochs} epochs, {o.wall_s:.0f} s", flush=True)
+            print(f"{label}: {o.epochs:g} epochs, {o.wall_s:.0f} s", flush=True)
         full_spec = make_spec("full", storage, size, True, rungs=every_epoch(size))
         full_dir = full_spec.study_dir
         if outcomes and outcomes[0].name != "full" and (full_dir / "trials").is_dir():

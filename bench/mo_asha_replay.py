@@ -71,6 +71,7 @@ class FullRun:
     n_seeds: int
     directions: list[str]
     left_out: list[str] = field(default_factory=list)  # failed (labels): see load_full
+    rung_cost: float = 0.0  # epochs per seed that a rung evaluation costs (a cooldown)
 
     def nadir(self) -> list[float]:
         """The worst value of each objective over every configuration's final means."""
@@ -102,7 +103,8 @@ class FullRun:
 
 
 def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[int],
-              epochs: int, leave_out_failed: bool = False) -> FullRun:  # fmt: skip
+              epochs: int, leave_out_failed: bool = False,
+              rung_cost: float = 0.0) -> FullRun:  # fmt: skip
     """Read a full run (nobody stopped) of :mod:`bench_mo_asha`.
 
     A configuration whose run failed before its first rung (a loss that diverged in the
@@ -110,7 +112,9 @@ def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[
     ``FullRun.left_out``. One that failed after a rung would be seen differently by
     different rules (it takes a rung's place, and spends epochs until it fails), and the
     run is refused, unless ``leave_out_failed``: then it is left out too, as if it had
-    never been asked (to compare with a run where it failed before the first rung)."""
+    never been asked (to compare with a run where it failed before the first rung).
+    ``rung_cost``: the epochs (per seed) each rung evaluation trains beyond the run's own,
+    ``search.early_stopping.cooldown``; the replays count them as epochs spent."""
     records = read_log(study_dir)
     runs = ResultStore(study_dir).load_trials()
     if (runs["status"] == "stopped").any():
@@ -137,12 +141,12 @@ def load_full(study_dir: Path, objectives: Sequence[Objective], rungs: Sequence[
     if missing or set(configs) != set(final):
         raise ValueError(f"{study_dir}: not a full run with every rung recorded ({missing[:3]})")
     return FullRun(configs, labels, values, final, epochs, list(rungs), seeds,
-                   [o.direction for o in objectives], left_out)  # fmt: skip
+                   [o.direction for o in objectives], left_out, rung_cost)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Replay:
-    epochs: int
+    epochs: float
     trained: list[str]
     hv_share: float  # against (0, 0)
     hv_share_nadir: float
@@ -166,7 +170,8 @@ def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) ->
     for _ in range(slots):
         start(0.0)
     recorded: dict[int, list[list[float]]] = {r: [] for r in milestones[:-1]}
-    epochs, trained = 0, []
+    epochs: float = 0.0
+    trained: list[str] = []
     while events:
         t, _, c, i = heapq.heappop(events)
         rung = milestones[i]
@@ -178,13 +183,15 @@ def replay(full: FullRun, order: Sequence[str], rule: ReplayRule, slots: int) ->
         values = full.rung_values[(c, rung)]
         go_on = rule(rung, values, recorded[rung])
         recorded[rung].append(values)
+        cost = full.n_seeds * full.rung_cost  # the rung's evaluation
+        epochs += cost
         if go_on:
             step = milestones[i + 1] - rung
-            heapq.heappush(events, (t + full.n_seeds * step, tie, c, i + 1))
+            heapq.heappush(events, (t + cost + full.n_seeds * step, tie, c, i + 1))
             tie += 1
         else:
             epochs += full.n_seeds * rung
-            start(t)
+            start(t + cost)
     zero, nadir = full.hv_shares(trained)
     return Replay(epochs, trained, zero, nadir, len(full.front() & set(trained)))
 
@@ -208,9 +215,9 @@ def rung_correlations(full: FullRun) -> dict[int, list[float]]:
 def replay_sync(full: FullRun, select: Selection) -> Replay:
     """Synchronous successive halving: every configuration still in reaches the rung, then
     ``select`` picks those that go on. Independent of the arrival order."""
-    alive, epochs, before = list(full.configs), 0, 0
+    alive, epochs, before = list(full.configs), 0.0, 0
     for rung in [r for r in full.rungs if r < full.epochs]:
-        epochs += len(alive) * full.n_seeds * (rung - before)
+        epochs += len(alive) * full.n_seeds * (rung - before + full.rung_cost)
         before = rung
         values = np.array([full.rung_values[(c, rung)] for c in alive], dtype=float)
         keep = select(values)

@@ -50,7 +50,9 @@ def replay_report(
     )
     for rungs, reduction in settings:
         spec = spec_for(rungs, reduction)
-        full = load_full(full_dir, objectives, rungs, epochs, leave_out_failed)
+        early = spec.search.early_stopping
+        cost = 0.0 if early is None or early.cooldown is None else early.cooldown
+        full = load_full(full_dir, objectives, rungs, epochs, leave_out_failed, cost)
         slots = spec.resources.max_concurrent_trials
         print(f"\nrungs {rungs}, reduction {reduction}, {slots} trial(s) at a time")
         print(HEADER)

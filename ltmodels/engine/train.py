@@ -107,6 +107,25 @@ class WarmupMultiStepLR(LRScheduler):
         return [float(base) * f for base in self.base_lrs]
 
 
+class LinearCooldownLR(LRScheduler):
+    """The learning rate decaying linearly from ``start_lrs`` (one per parameter group) to 0
+    over ``steps`` iterations: ``start * (1 - it / steps)`` at iteration ``it`` (0-based), so
+    the first step is at ``start`` and the last at ``start / steps``."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, start_lrs: Sequence[float], steps: int
+    ) -> None:
+        if steps < 1 or len(start_lrs) != len(optimizer.param_groups):
+            raise ValueError("steps must be >= 1, with one start lr per parameter group")
+        self.start_lrs = [float(lr) for lr in start_lrs]
+        self.steps = int(steps)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:  # type: ignore[override]
+        f = max(0.0, 1.0 - self.last_epoch / self.steps)
+        return [lr * f for lr in self.start_lrs]
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     images, targets = batch
     moved = [
@@ -232,6 +251,7 @@ def train_one_epoch(
 
 __all__ = [
     "Batch",
+    "LinearCooldownLR",
     "NonFiniteLossError",
     "WarmupMultiStepLR",
     "build_optimizer",

@@ -124,6 +124,10 @@ class TrialConfig:
             weights themselves; the value is its half-life in epochs. The average is kept
             beside the checkpoint so that the next rung goes on with it; training and the
             run's final evaluation are the same with or without it.
+        rung_cooldown: with ``stop_at_epoch`` before the end, evaluate there a copy of the
+            model trained this many epochs further (at most 1) with the learning rate
+            decaying linearly to 0 (:func:`ltmodels.trial.stages.cool_down`); the copy is
+            then dropped, and the checkpoint the next rung goes on from is the rung's own.
         build_threads: torch threads for building what the study's trials share (the
             stage-1 model, the feature cache) on CPU while they wait for it
             (:mod:`ltmodels.engine.threads`); 0 keeps the process's own setting.
@@ -142,6 +146,7 @@ class TrialConfig:
     full_eval: bool = False
     stop_at_epoch: int | None = None
     rung_ema: float | None = None
+    rung_cooldown: float | None = None
     build_threads: int = 0
 
 

@@ -47,6 +47,7 @@ from ltmodels.trial.config import StageConfig, TrialConfig, TrialResult, stage_k
 from ltmodels.trial.stages import (
     EpochCallback,
     Timer,
+    cool_down,
     datasets,
     eval_loader,
     freeze_except,
@@ -291,9 +292,23 @@ def run_schedule(cfg: TrialConfig, workdir: Path, on_epoch: EpochCallback | None
             stop_at=cfg.stop_at_epoch,
             ema=ema,
         )
+    evaluated = model
+    if cfg.rung_cooldown is not None and at_a_rung(cfg, len(loader)):
+        with timer("cooldown"):
+            evaluated = cool_down(
+                model, cfg.train, loader, device=device, ckpt_path=ckpt, epochs=cfg.rung_cooldown
+            )
     with timer("eval"), ema.applied() if ema is not None else nullcontext():
-        metrics, rows = full_evaluation(model, val_set, cfg, spec, device)
+        metrics, rows = full_evaluation(evaluated, val_set, cfg, spec, device)
     return TrialResult(metrics, history, rows, dict(timer.totals))
+
+
+def at_a_rung(cfg: TrialConfig, steps_per_epoch: int) -> bool:
+    """Whether this run stops at a rung before the end of its schedule (then a rung's
+    average or cooldown applies; a run trained to its end is evaluated on its weights)."""
+    if cfg.stop_at_epoch is None:
+        return False
+    return cfg.stop_at_epoch < cfg.train.budget(steps_per_epoch)[0]
 
 
 def rung_average(
@@ -301,8 +316,6 @@ def rung_average(
 ) -> WeightEMA | None:
     """The weight average a rung evaluates (``cfg.rung_ema``), or None: no average asked
     for, or the run trains to its end this time (its final evaluation is of its weights)."""
-    if cfg.rung_ema is None or cfg.stop_at_epoch is None:
-        return None
-    if cfg.stop_at_epoch >= cfg.train.budget(steps_per_epoch)[0]:
+    if cfg.rung_ema is None or not at_a_rung(cfg, steps_per_epoch):
         return None
     return WeightEMA(model, cfg.rung_ema * steps_per_epoch)

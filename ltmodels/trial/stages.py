@@ -7,6 +7,7 @@ flipped at random by the dataset and resized by the model's own transform (``Mod
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -30,7 +31,12 @@ from ltmodels.engine import phases
 from ltmodels.engine.atomic import write_atomic
 from ltmodels.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ltmodels.engine.ema import WeightEMA, load_ema, save_ema
-from ltmodels.engine.train import WarmupMultiStepLR, build_optimizer, train_one_epoch
+from ltmodels.engine.train import (
+    LinearCooldownLR,
+    WarmupMultiStepLR,
+    build_optimizer,
+    train_one_epoch,
+)
 from ltmodels.errors import ConfigError
 from ltmodels.trial.config import FINETUNE_PARTS, DataConfig, StageConfig
 
@@ -225,6 +231,59 @@ def train_stage(
             on_epoch(epoch, stats, ckpt_path.parent)
         epoch += 1
     return history
+
+
+def cool_down(
+    model: nn.Module,
+    stage: StageConfig,
+    loader: DataLoader,
+    *,
+    device: torch.device,
+    ckpt_path: Path,
+    epochs: float,
+) -> nn.Module:
+    """A copy of ``model`` trained ``epochs`` (at most one) further from its checkpoint
+    ``ckpt_path``, with the learning rate decaying linearly from the checkpoint's to 0: what
+    the run would reach if its schedule ended here (the decay branch of a warmup-stable-decay
+    schedule). The batches are the first of the next epoch's order. ``model`` is left as it
+    is, nothing is written, and the process's RNG states are put back afterwards, so the run
+    goes on from its checkpoint exactly as without this.
+
+    Raises:
+        ValueError: ``epochs`` outside (0, 1].
+    """
+    if not 0 < epochs <= 1:
+        raise ValueError(f"a cooldown is in (0, 1] epochs, got {epochs}")
+    steps = max(1, round(epochs * len(loader)))
+    if dist_utils.is_distributed():
+        torch.distributed.barrier()  # rank 0 has written the checkpoint
+    saved_rng = rng_state()
+    fork = copy.deepcopy(model)
+    optimizer = build_optimizer(
+        fork, lr=stage.lr, momentum=stage.momentum, weight_decay=stage.weight_decay
+    )
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" else None
+    payload = load_checkpoint(
+        ckpt_path, model=fork, optimizer=optimizer, scaler=scaler, restore_rng=False
+    )
+    start_lrs = [float(g["lr"]) for g in optimizer.param_groups]
+    scheduler = LinearCooldownLR(optimizer, start_lrs, steps)
+    try:
+        train_one_epoch(
+            wrap_ddp(fork, device),
+            optimizer,
+            loader,
+            scheduler=scheduler,
+            device=device,
+            epoch=int(payload["epoch"]),
+            scaler=scaler,
+            max_norm=stage.max_norm,
+            max_steps=steps,
+        )
+    finally:
+        set_rng_state(saved_rng)
+    log.info("cooled %s down for %d steps from lr %g", ckpt_path, steps, start_lrs[0])
+    return fork
 
 
 def _more(

@@ -24,6 +24,7 @@ from ltsearch.report.pareto import hypervolume, nondominated_mask
 from ltsearch.report.sections import hv_reference
 from ltsearch.report.tables import Summary, config_label, config_params, fmt, md_table
 from ltsearch.rung_log import CONTINUE, RUNG_KEY, RungRecord, read_log
+from ltsearch.spec.early_stopping import EarlyStopping
 from ltsearch.spec.study import StudySpec
 
 MAX_RUNG_ROWS = 60  # per rung, in the decision table
@@ -93,6 +94,22 @@ def _fronts_md(summary: Summary, stopped: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _rung_source(early: EarlyStopping) -> str:
+    """What a rung evaluated, when not the weights themselves (ending the sentence)."""
+    if early.ema_half_life is not None:
+        return (
+            f", of an exponential moving average of the weights (half-life "
+            f"{early.ema_half_life:g} epochs; the fully trained rows are of the weights)."
+        )
+    if early.cooldown is not None:
+        return (
+            f", of a copy trained {early.cooldown:g} epochs further with the learning rate "
+            "decaying linearly to 0, then dropped (the trials went on from the rung's own "
+            "weights; the fully trained rows are of those)."
+        )
+    return "."
+
+
 def early_stopping_md(
     spec: StudySpec, study_dir: Path, runs: pd.DataFrame, summary: Summary, scale: float
 ) -> str:
@@ -112,12 +129,7 @@ def early_stopping_md(
             else ""
         )
         + ". Values are means over seeds at the rung, in %"
-        + (
-            f", of an exponential moving average of the weights (half-life "
-            f"{early.ema_half_life:g} epochs; the fully trained rows are of the weights)."
-            if early.ema_half_life is not None
-            else "."
-        )
+        + _rung_source(early)
     ]
     if not runs.empty:
         parts.append(_epochs_line(spec, runs))

@@ -5,7 +5,8 @@ each seed to the end in one go. For each decision rung ``r`` (the rungs before
 ``training.epochs``) it trains every seed in turn up to epoch ``r`` (each seed resuming from
 its own checkpoint in ``runs/<config>-s<seed>/``: ``TrialConfig.stop_at_epoch``), evaluates
 it there (the trial's bbox evaluation on the validation set; segm only when an objective is
-a segm metric; of the weights' moving average with ``ema_half_life``), and reports the
+a segm metric; of the weights' moving average with ``ema_half_life``, of a copy annealed
+further with ``cooldown``), and reports the
 mean over seeds to Tune with ``rung_epoch: r``. The scheduler
 (:mod:`ltsearch.run.rung_scheduler`, on the driver) decides: a trial it stops never
 returns from that report; one it lets go on climbs to the next rung, and after the last
@@ -47,10 +48,14 @@ if TYPE_CHECKING:
     from ltsearch.run.trainable import StudyContext
 
 
-def _rung_file(workdir: Path, rung: int, ema: float | None = None) -> Path:
-    """A seed's evaluation at a rung (of the weight average: its half-life in the name, so
-    that a study whose setting changed evaluates again)."""
-    return workdir / (f"rung-{rung}.json" if ema is None else f"rung-{rung}-ema{ema:g}.json")
+def _rung_file(
+    workdir: Path, rung: int, ema: float | None = None, cooldown: float | None = None
+) -> Path:
+    """A seed's evaluation at a rung (of the weight average or a cooled-down copy: the
+    setting in the name, so that a study whose setting changed evaluates again)."""
+    suffix = "" if ema is None else f"-ema{ema:g}"
+    suffix += "" if cooldown is None else f"-cool{cooldown:g}"
+    return workdir / f"rung-{rung}{suffix}.json"
 
 
 def _earlier(workdir: Path, rung: int) -> dict[str, Any] | None:
@@ -89,12 +94,19 @@ def rung_run(
     workdir = rec.run_dir(ctx, chash, seed)
     early = spec.search.early_stopping
     ema = None if early is None else early.ema_half_life
-    cached = _rung_file(workdir, rung, ema)
+    cooldown = None if early is None else early.cooldown
+    cached = _rung_file(workdir, rung, ema, cooldown)
     if cached.is_file():
         return json.loads(cached.read_text())
     cfg = tr.trial_config(ctx, spec, choice, seed)
     segm = any(m.startswith("segm/") for m in spec.search.metric_names)
-    cfg = replace(cfg, stop_at_epoch=rung, rung_ema=ema, eval_masks=cfg.eval_masks and segm)
+    cfg = replace(
+        cfg,
+        stop_at_epoch=rung,
+        rung_ema=ema,
+        rung_cooldown=cooldown,
+        eval_masks=cfg.eval_masks and segm,
+    )
     before = _earlier(workdir, rung)
     row = rec.base_row(spec, choice, chash, seed, tune_trial_id, cfg.device)
     t0 = time.perf_counter()

@@ -21,13 +21,20 @@ weights (half-life in epochs; :mod:`ltmodels.engine.ema`) instead of the weights
 step. A rung early in the schedule is at the peak learning rate, where the weights
 oscillate around what the annealed run settles to; the average ranks closer to the end.
 Training and every final evaluation are the same with or without it.
+
+``cooldown`` (epochs, at most 1, optional): a rung evaluates a copy of the model trained
+``cooldown`` epochs further with the learning rate decaying linearly from its value at the
+rung to 0 (the "decay" branch of a warmup-stable-decay schedule), then thrown away; the
+trial goes on from the rung's own checkpoint. It asks what the configuration would reach if
+its schedule ended here, at ``cooldown`` epochs' cost per rung and seed. Exclusive with
+``ema_half_life``. Training and every final evaluation are the same with or without it.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ltsearch.errors import SpecError
 from ltsearch.spec.loss import Int, Strict
@@ -40,12 +47,14 @@ class EarlyStopping(Strict):
     configurations at a rung go on) and the promotion rule: ``ranked`` keeps that quota by
     non-dominated rank and crowding distance, ``front`` (the default) also every point of
     the rung's first front; ``ema_half_life``: rungs evaluate a moving average of the
-    weights with this half-life in epochs (none: the weights themselves)."""
+    weights with this half-life in epochs (none: the weights themselves); ``cooldown``:
+    rungs evaluate a copy annealed that many epochs further."""
 
     rungs: list[PosInt] = Field(min_length=1)
     reduction: Annotated[Int, Field(ge=2)] = 3
     promotion: Literal["ranked", "front"] = "front"
     ema_half_life: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    cooldown: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] | None = None
 
     @field_validator("rungs")
     @classmethod
@@ -58,6 +67,15 @@ class EarlyStopping(Strict):
                     path=[i],
                 )
         return value
+
+    @model_validator(mode="after")
+    def _one_rung_source(self) -> EarlyStopping:
+        if self.ema_half_life is not None and self.cooldown is not None:
+            raise SpecError(
+                "ema_half_life and cooldown both change what a rung evaluates; keep one",
+                path=["cooldown"],
+            )
+        return self
 
     def decision_rungs(self, epochs: int) -> list[int]:
         """The rungs where a configuration may be stopped: those before ``epochs``."""

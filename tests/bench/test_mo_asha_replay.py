@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,24 @@ def test_synchronous_halving_decides_each_full_rung_at_once() -> None:
     assert got.trained == ["a"]
     assert got.epochs == 3 * 2 * 1 + 2 * 2 * 2 + 1 * 2 * 6  # 26
     assert got.hv_share == pytest.approx(0.45 / 0.49) and got.front_kept == 1
+
+
+def test_a_rung_cooldown_counts_as_epochs_at_every_rung_evaluation() -> None:
+    """``rung_cost`` (search.early_stopping.cooldown): each evaluation at a rung trains that
+    many epochs per seed beyond the run, whether the configuration goes on or stops."""
+    full = replace(_full(), rung_cost=0.25)
+    # asynchronous, one slot, as above: a passes rungs 1 and 3, b passes 1 and stops at 3,
+    # c stops at 1: five rung evaluations of 2 seeds
+
+    def rule(rung: int, v: list[float], rec: list[list[float]]) -> bool:
+        return v[0] >= (0.2 if rung == 1 else 0.4)
+
+    got = replay(full, ["a", "b", "c"], rule, slots=1)
+    assert got.trained == ["a"]
+    assert got.epochs == pytest.approx(2 * 9 + 2 * 3 + 2 * 1 + 5 * 2 * 0.25)
+    # synchronous on AP_r, reduction 3: 3 evaluations at rung 1, 1 at rung 3
+    got = replay_sync(full, top_selection(3, 0))
+    assert got.epochs == pytest.approx(22 + (3 + 1) * 2 * 0.25)
 
 
 def test_synchronous_front_selection_keeps_every_non_dominated_point() -> None:

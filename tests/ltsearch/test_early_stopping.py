@@ -103,6 +103,12 @@ def _climb(spec: StudySpec, xi: float, runs: FakeRuns, report: Any) -> None:
         ({"rungs": [1], "halving": 2}, {}, "halving: unknown key"),
         ({"rungs": [1], "promotion": "best"}, {}, "promotion: got 'best'; input should be"),
         ({"rungs": [1], "ema_half_life": 0}, {}, "ema_half_life: got 0; input should be"),
+        ({"rungs": [1], "cooldown": 1.5}, {}, "cooldown: got 1.5; input should be less"),
+        (
+            {"rungs": [1], "cooldown": 0.5, "ema_half_life": 0.5},
+            {},
+            "early_stopping.cooldown: ema_half_life and cooldown both change what a rung",
+        ),
         (
             {"rungs": [1]},
             {"schedule": "decoupled", "stage1": {}, "stage2": {}},
@@ -223,6 +229,25 @@ def test_rungs_evaluate_the_weight_average_when_asked_and_again_when_it_changes(
     assert seen[2:] == [(1, 2.0), (1, 2.0)]
     assert sorted((spec.study_dir / "runs").iterdir()) == workdirs  # the same runs
     assert all((d / "rung-1-ema2.json").is_file() for d in workdirs)
+
+
+def test_rungs_evaluate_a_cooled_down_copy_when_asked(tmp_path: Path) -> None:
+    runs = FakeRuns()
+    seen: list[Any] = []
+
+    def execute(cfg: Any, **kw: Any) -> TrialResult:
+        seen.append((cfg.stop_at_epoch, cfg.rung_cooldown, cfg.rung_ema))
+        return runs(cfg, **kw)
+
+    choice = {"loss": "acsl", "loss_params": {"xi": 0.5}}
+    spec = make_spec(tmp_path, {"rungs": [1], "cooldown": 0.25})
+    climb(_ctx(spec), spec, choice, tune_trial_id="t", execute=execute, report=lambda r: None)
+    # the rung's runs ask for the cooldown; the runs to the end do not get one
+    assert seen[:2] == [(1, 0.25, None), (1, 0.25, None)]
+    workdirs = sorted((spec.study_dir / "runs").iterdir())
+    assert [sorted(p.name for p in d.glob("rung-*")) for d in workdirs] == [
+        ["rung-1-cool0.25.json"]
+    ] * 2
 
 
 def test_a_stop_ends_the_trial_at_its_report(tmp_path: Path) -> None:

@@ -174,6 +174,15 @@ def test_the_section_says_when_rungs_evaluated_a_weight_average(
         "Values are means over seeds at the rung, in %, of an exponential moving average of "
         "the weights (half-life 0.5 epochs; the fully trained rows are of the weights)."
     ) in text
+    del raw["search"]["early_stopping"]["ema_half_life"]
+    raw["search"]["early_stopping"]["cooldown"] = 0.25
+    cooled = spec_from_dict(raw)
+    text = early_stopping_md(cooled, dir_, runs.iloc[:0], _EmptySummary(), 100.0)
+    assert (
+        "Values are means over seeds at the rung, in %, of a copy trained 0.25 epochs further "
+        "with the learning rate decaying linearly to 0, then dropped (the trials went on "
+        "from the rung's own weights; the fully trained rows are of those)."
+    ) in text
 
 
 class _EmptySummary:
