@@ -39,6 +39,7 @@ PHASES = {
     "stage1": "stage 1",
     "cache": "building the feature cache",
     "train": "training",
+    "cooldown": "annealing a copy for the rung",
     "eval": "evaluating",
     "full_eval": "evaluating (segm)",
 }

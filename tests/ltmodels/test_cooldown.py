@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ltmodels.data.synthetic import SynthPaths
+from ltmodels.engine import phases
 from ltmodels.engine.checkpoint import load_checkpoint, rng_state
 from ltmodels.engine.train import LinearCooldownLR
 from ltmodels.trial.run import run_trial
@@ -52,8 +53,14 @@ def test_a_rung_evaluates_a_cooled_copy_and_training_is_untouched(
 ) -> None:
     cfg = tiny_end_to_end(synth_small, tmp_path / "cache", "ce", seed=3)
     cooled = replace(cfg, rung_cooldown=0.5)
-    at_rung = run_trial(replace(cooled, stop_at_epoch=1), workdir=tmp_path / "a")
+    seen: list[str] = []
+    remove = phases.add_listener(lambda p: seen.append(p.name))
+    try:
+        at_rung = run_trial(replace(cooled, stop_at_epoch=1), workdir=tmp_path / "a")
+    finally:
+        remove()
     assert at_rung.timings["cooldown"] > 0
+    assert seen[-2:] == ["cooldown", "eval"]  # the live view says what the trial is doing
     plain = run_trial(replace(cfg, stop_at_epoch=1), workdir=tmp_path / "c")
     assert "cooldown" not in plain.timings
     assert at_rung.metrics != plain.metrics  # the rung saw the annealed copy

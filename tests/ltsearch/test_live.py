@@ -59,6 +59,8 @@ def test_phase_file_round_trip_and_close(tmp_path: Path) -> None:
     again = live.PhaseFile.from_dict(pf.to_dict())  # a DDP trial's rank 0 goes on writing it
     again(phases.Phase("cache"))
     assert live.read_phases(tmp_path)[0].describe().endswith(": building the feature cache")
+    again(phases.Phase("cooldown"))  # a rung's cooldown (search.early_stopping.cooldown)
+    assert live.read_phases(tmp_path)[0].describe().endswith(": annealing a copy for the rung")
     pf.close()
     assert live.read_phases(tmp_path) == []
     assert not list((tmp_path / live.LIVE_DIR).iterdir())  # no temporary left
