@@ -41,6 +41,7 @@ SHARED = {
             "tests/faults/test_disk_full.py",
             "tests/faults/test_driver_kill.py",
             "tests/faults/test_interrupts.py",
+            "tests/faults/test_pack_leader_kill.py",
             "tests/faults/test_worker_kill.py",
         ),
         "faults-reference",  # tests/faults/conftest.py: reference
@@ -57,7 +58,7 @@ SHARED = {
 # the longest units, longest first (seconds of one serial run on the 2-core machine,
 # roughly): handed out in this order, before every other unit
 LONG = {
-    "faults-reference": 630,
+    "faults-reference": 700,
     "tests/faults/test_node_loss.py": 110,
     "tests/faults/test_bad_input.py": 70,
     "tests/faults/test_bad_data_runs.py": 60,
