@@ -55,10 +55,8 @@ import torch
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from mo_asha_outcomes import measure, report  # noqa: E402
-from mo_asha_replay import (  # noqa: E402
-    asha_rule,
-)
 from mo_asha_report import replay_report  # noqa: E402
+from mo_asha_rules import asha_rule  # noqa: E402
 
 from ltmodels.trial.run import run_trial  # noqa: E402
 from ltsearch.run.driver import run_study  # noqa: E402

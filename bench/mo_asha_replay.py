@@ -32,24 +32,18 @@ asynchronous arrivals, or the rungs' own information, limit a rule.
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
 from ltsearch.report.pareto import hypervolume, pareto_rank
 from ltsearch.report.tables import prepare_runs, summarize
 from ltsearch.rows import row_label
-from ltsearch.run.moasha import PROMOTIONS, kept, nondominated_ranks, promote, promotion_order
-from ltsearch.run.rung_scheduler import Rule
-from ltsearch.rung_log import RUNG_KEY, read_log
+from ltsearch.rung_log import read_log
 from ltsearch.spec.sections import Objective
-from ltsearch.spec.study import StudySpec
 from ltsearch.store import ResultStore
 
 ReplayRule = Callable[[int, list[float], list[list[float]]], bool]
@@ -227,32 +221,6 @@ def replay_sync(full: FullRun, select: Selection) -> Replay:
     return Replay(epochs, alive, zero, nadir, len(full.front() & set(alive)))
 
 
-def pareto_selection(reduction: float, directions: Sequence[str], promotion: str) -> Selection:
-    """MO-ASHA's ordering on a full rung: the first ``ceil(n / reduction)`` by
-    :func:`~ltsearch.run.moasha.promotion_order`, and with ``front`` every rank-1 point."""
-
-    def select(values: np.ndarray) -> set[int]:
-        order = promotion_order(values, directions)
-        out = {int(i) for i in order[: kept(len(values), reduction)]}
-        if promotion == "front":
-            out |= {int(i) for i in np.flatnonzero(nondominated_ranks(values, directions) == 1)}
-        return out
-
-    return select
-
-
-def top_selection(reduction: float, column: int) -> Selection:
-    """Successive halving on one objective (maximised): the first ``ceil(n / reduction)``
-    by it, a NaN last, ties by position."""
-
-    def select(values: np.ndarray) -> set[int]:
-        score = np.nan_to_num(values[:, column], nan=-np.inf)
-        order = np.argsort(-score, kind="stable")
-        return {int(i) for i in order[: kept(len(values), reduction)]}
-
-    return select
-
-
 @dataclass(frozen=True)
 class Summary:
     name: str
@@ -297,62 +265,6 @@ def compare(full: FullRun, rules: dict[str, Callable[[], ReplayRule]], orders: i
     return out
 
 
-def asha_rule(spec: StudySpec) -> Rule:
-    """Ray Tune's ASHA on AP_r with the study's rungs (``grace_period`` the first rung,
-    geometric by ``reduction`` up to ``training.epochs``): its decision on each rung."""
-    from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
-
-    early = spec.search.early_stopping
-    assert early is not None
-    asha = AsyncHyperBandScheduler(
-        time_attr=RUNG_KEY,
-        metric="bbox/APr",
-        mode="max",
-        max_t=spec.training.epochs,
-        grace_period=early.rungs[0],
-        reduction_factor=early.reduction,
-    )
-    apr = spec.search.metric_names.index("bbox/APr")
-
-    def rule(trial: Any, rung: int, values: list[float], recorded: list[list[float]]) -> bool:
-        if trial.trial_id not in asha._trial_info:
-            asha.on_trial_add(None, trial)  # type: ignore[arg-type]
-        result = {RUNG_KEY: rung, "bbox/APr": values[apr]}
-        return asha.on_trial_result(None, trial, result) == TrialScheduler.CONTINUE  # type: ignore[arg-type]
-
-    return rule
-
-
-def replay_rules(spec: StudySpec) -> dict[str, Callable[[], ReplayRule]]:
-    """The rules replayed: both MO-ASHA promotions and Ray Tune's ASHA on AP_r (its own
-    code, a fresh scheduler per order)."""
-    early = spec.search.early_stopping
-    assert early is not None
-    directions = [o.direction for o in spec.search.parsed_objectives]
-
-    def pareto(promotion: str) -> Callable[[], ReplayRule]:
-        return lambda: lambda rung, v, rec: promote(rec, v, early.reduction, directions, promotion)
-
-    def asha() -> ReplayRule:
-        rule, ids = asha_rule(spec), itertools.count()
-        return lambda rung, v, rec: rule(SimpleNamespace(trial_id=str(next(ids))), rung, v, rec)
-
-    return {
-        **{f"MO-ASHA, promotion: {p}": pareto(p) for p in PROMOTIONS},
-        "ASHA on AP_r": asha,
-    }
-
-
-def geometric_rungs(first: int, reduction: int, epochs: int) -> list[int]:
-    """ASHA's rungs: ``first * reduction**k`` below ``epochs``."""
-    out = []
-    r = first
-    while r < epochs:
-        out.append(r)
-        r *= reduction
-    return out
-
-
 def sync_summary(name: str, full: FullRun, select: Selection) -> Summary:
     """:func:`replay_sync` as a :class:`Summary` row (one outcome: no order to vary)."""
     r = replay_sync(full, select)
@@ -360,21 +272,6 @@ def sync_summary(name: str, full: FullRun, select: Selection) -> Summary:
     one = lambda x: np.array([x], dtype=float)  # noqa: E731
     return Summary(name, one(r.epochs / total), one(r.hv_share), one(r.hv_share_nadir),
                    one(r.front_kept))  # fmt: skip
-
-
-def sync_selections(spec: StudySpec) -> dict[str, Selection]:
-    """The synchronous counterparts of :func:`replay_rules`."""
-    early = spec.search.early_stopping
-    assert early is not None
-    directions = [o.direction for o in spec.search.parsed_objectives]
-    apr = spec.search.metric_names.index("bbox/APr")
-    return {
-        **{
-            f"synchronous MO, {p}": pareto_selection(early.reduction, directions, p)
-            for p in PROMOTIONS
-        },
-        "synchronous on AP_r": top_selection(early.reduction, apr),
-    }
 
 
 HEADER = (
@@ -391,16 +288,10 @@ __all__ = [
     "ReplayRule",
     "Selection",
     "Summary",
-    "asha_rule",
     "compare",
-    "geometric_rungs",
     "load_full",
-    "pareto_selection",
     "replay",
-    "replay_rules",
     "replay_sync",
     "rung_correlations",
-    "sync_selections",
     "sync_summary",
-    "top_selection",
 ]

@@ -9,16 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mo_asha_ceiling import ceiling_report
-from mo_asha_replay import (
-    HEADER,
-    compare,
-    geometric_rungs,
-    load_full,
-    replay_rules,
-    rung_correlations,
-    sync_selections,
-    sync_summary,
-)
+from mo_asha_replay import HEADER, compare, load_full, rung_correlations, sync_summary
+from mo_asha_rules import geometric_rungs, replay_rules, sync_selections
 
 from ltsearch.spec.sections import Objective
 from ltsearch.spec.study import StudySpec

@@ -11,15 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from mo_asha_replay import (  # noqa: E402
-    FullRun,
-    compare,
-    pareto_selection,
-    replay,
-    replay_sync,
-    rung_correlations,
-    top_selection,
-)
+from mo_asha_replay import FullRun, compare, replay, replay_sync, rung_correlations  # noqa: E402
+from mo_asha_rules import pareto_selection, top_selection  # noqa: E402
 
 from ltsearch.run.moasha import promote  # noqa: E402
 
