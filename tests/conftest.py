@@ -11,7 +11,8 @@ well. With ``--dist loadfile`` a unit of work, run by one worker, is
   ``smoke_run``.
 
 The units known to be long (:data:`LONG`) are handed out first, so that the last unit
-left to run is a short one. (xdist's own ``--dist loadgroup`` would do the grouping from
+left to run is a short one (xdist's own reordering of units by their number of tests is
+turned off for that). (xdist's own ``--dist loadgroup`` would do the grouping from
 ``xdist_group`` marks, but pytest 9.2 ignores the node id suffix it sets: every test would
 be a unit of its own.)
 
@@ -55,34 +56,35 @@ SHARED = {
         "acceptance-smoke",  # tests/acceptance/conftest.py: fresh_copy, smoke_run
     ),
 }
-# the longest units, longest first (seconds of one serial run on the 2-core machine,
-# roughly): handed out in this order, before every other unit
+# the longest units, longest first (test-seconds in stop 37's green `make test`, two
+# workers, on the 2-core CI host): handed out in this order, before every other unit
 LONG = {
-    "faults-reference": 700,
-    "tests/faults/test_node_loss.py": 110,
-    "tests/faults/test_bad_input.py": 70,
-    "tests/faults/test_bad_data_runs.py": 60,
-    "tests/bench/test_gpu_check.py": 125,
-    "tests/ltmodels/test_trial.py": 120,
-    "tests/acceptance/test_stop_and_resume.py": 105,
-    "tests/acceptance/test_stage1_row.py": 85,
-    "tests/acceptance/test_reproduction_claim.py": 35,
-    "tests/faults/test_corruption.py": 95,
-    "tests/ltsearch/test_runner.py": 85,
-    "tests/ltsearch/test_tracking.py": 80,
-    "tests/faults/test_early_stopping.py": 75,
-    "tests/ltsearch/test_cluster.py": 60,
-    "acceptance-smoke": 60,
-    "tests/ltsearch/test_overrides_cli.py": 45,
-    "tests/test_studies.py": 45,
-    "tests/ltsearch/test_distributed_trial.py": 45,
-    "tests/faults/test_bad_trials.py": 40,
-    "tests/acceptance/test_live_progress.py": 30,
-    "tests/ltmodels/test_pack.py": 30,
-    "tests/ltmodels/test_stop_at_epoch.py": 30,
-    "tests/acceptance/test_relative_paths.py": 30,
-    "tests/faults/test_security.py": 25,
-    "tests/ltsearch/test_early_stopping_study.py": 20,
+    "faults-reference": 1595,
+    "tests/faults/test_node_loss.py": 315,
+    "tests/faults/test_bad_trials.py": 180,
+    "tests/faults/test_corruption.py": 180,
+    "tests/faults/test_early_stopping.py": 160,
+    "tests/acceptance/test_packed_study.py": 145,
+    "tests/test_studies.py": 145,
+    "tests/acceptance/test_stop_and_resume.py": 140,
+    "tests/ltsearch/test_cluster.py": 135,
+    "tests/ltmodels/test_trial.py": 115,
+    "tests/faults/test_bad_input.py": 115,
+    "tests/ltsearch/test_runner.py": 100,
+    "tests/ltsearch/test_tracking.py": 100,
+    "tests/faults/test_bad_data_runs.py": 90,
+    "tests/ltsearch/test_overrides_cli.py": 85,
+    "tests/bench/test_gpu_check.py": 80,
+    "tests/acceptance/test_stage1_row.py": 80,
+    "acceptance-smoke": 70,
+    "tests/ltsearch/test_distributed_trial.py": 70,
+    "tests/acceptance/test_live_progress.py": 60,
+    "tests/faults/test_security.py": 55,
+    "tests/acceptance/test_relative_paths.py": 55,
+    "tests/acceptance/test_segm_front.py": 50,
+    "tests/acceptance/test_reproduction_claim.py": 45,
+    "tests/bench/test_bench_mask_inference.py": 40,
+    "tests/ltsearch/test_early_stopping_study.py": 35,
 }
 
 
@@ -98,6 +100,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling
+
+    # xdist (3.6+) sorts the units by their number of tests unless told not to, which put
+    # the long units (few tests each) last: the fault suite's reference unit ended a run
+    config.option.loadscopereorder = False
 
     class UnitScheduling(LoadFileScheduling):
         def _split_scope(self, nodeid: str) -> str:
