@@ -30,6 +30,7 @@ from ltsearch.report.verdict import (
     seed_stat,
     seeds_to_decide,
 )
+from ltsearch.rows import row_label
 from ltsearch.spec.study import StudySpec
 
 if TYPE_CHECKING:
@@ -134,6 +135,22 @@ def _runs_line(study: Study) -> str:
     )
 
 
+def _failed_lines(study: Study, limit: int = 10) -> list[str]:
+    """One sub-item per failed run: its configuration, seed and the error's first line (the
+    whole traceback is the row's ``error``), so a reader knows what is missing and why."""
+    runs = study.runs
+    if runs.empty:
+        return []
+    failed = runs[runs["status"] == "failed"].sort_values(["config_hash", "seed"])
+    lines = []
+    for _, r in failed.iloc[:limit].iterrows():
+        error = str(r.get("error") or "no error recorded").strip().splitlines() or [""]
+        lines.append(f"  - failed: `{row_label(r)}` seed {int(r['seed'])}: {error[0][:200]}")
+    if len(failed) > limit:
+        lines.append(f"  - and {len(failed) - limit} more failed runs (the `error` column)")
+    return lines
+
+
 def study_header(study: Study) -> str:
     spec = study.spec
     base = base_name(spec.name)
@@ -146,6 +163,7 @@ def study_header(study: Study) -> str:
         f"- profile: {_profile(spec)}",
         f"- dataset: {dataset_md(spec)}",
         f"- {_runs_line(study)}",
+        *_failed_lines(study),
         f"- wall time: {wall_time(study.runs) if not study.runs.empty else 'nothing run yet'}",
         f"- {spread_md(study)}",
     ]

@@ -141,7 +141,11 @@ def fill_acsl(study: Path, spec: StudySpec) -> None:
         store.write_trial(
             row(spec, h, "acsl", seed, **{"param.acsl.xi": 0.7, "bbox/APr": 0.12 + off})
         )
-    store.write_trial(row(spec, h, "acsl", 3, status="failed", error="RuntimeError: boom"))
+    failed = {
+        "param.acsl.xi": 0.7,
+        "error": "RuntimeError: boom\nTraceback (most recent call last):",
+    }
+    store.write_trial(row(spec, h, "acsl", 3, status="failed", **failed))
     store.write_trial(row(spec, h, "acsl", 4, status="stopped", **{"bbox/APr": 0.9}))
 
 
@@ -199,6 +203,8 @@ def test_document(studies: tuple[Path, Path], tmp_path: Path) -> None:
 
     acsl_md = section(text, "## Study `acsl-table2-smoke`")
     assert "runs: 6 ok (3 of them stage-1 rows), 1 failed, 1 stopped" in acsl_md
+    assert "  - failed: `acsl(xi=0.7)` seed 3: RuntimeError: boom\n" in acsl_md
+    assert "- failed:" not in header  # c2am-table4 has none
     base = section(text, "### `acsl-table2-baseline`")
     assert "| stage 1 only | stage1 stage 1 only (ce) | 4.30 | 2.00 \u00b1 1.24 (3) |" in base
     assert "**Verdict: reproduced** \u2014 1 of 1" in base  # the stopped 90.0 left out
